@@ -1,0 +1,27 @@
+"""Everything that predicts in context: reference algorithms and trained models, one protocol."""
+
+from iclab.learners.base import Learner, LinearLearner
+from iclab.learners.reference import (
+    Averaging,
+    GradientDescent,
+    KNearest,
+    LeastSquares,
+    PreconditionedGD,
+    Ridge,
+    Zero,
+)
+from iclab.learners.trained import ModelLearner, from_model
+
+__all__ = [
+    "Averaging",
+    "GradientDescent",
+    "KNearest",
+    "LeastSquares",
+    "Learner",
+    "LinearLearner",
+    "ModelLearner",
+    "PreconditionedGD",
+    "Ridge",
+    "Zero",
+    "from_model",
+]

@@ -1,0 +1,46 @@
+"""The Learner protocol: everything that predicts in context, algorithms and trained models alike.
+
+``predict(xs, ys, xq, descriptor=None) -> (B, m)`` on torch tensors, dtype preserved, batched;
+``predict_prefixes`` gives the prediction after every prefix 1..n at once: (B, n, m).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from iclab.learners.algorithms import sufficient_statistics
+
+
+class Learner:
+    """Base class. Subclasses implement ``predict``; ``predict_prefixes`` defaults to a loop over k."""
+
+    name = "learner"
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """xs: (B, n, d), ys: (B, n), xq: (B, m, d), descriptor: (B, k) or None → (B, m)."""
+        raise NotImplementedError
+
+    def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """Predictions from the first k examples for k = 1..n: (B, n, m)."""
+        n = xs.shape[1]
+        return torch.stack([self.predict(xs[:, :k], ys[:, :k], xq, descriptor) for k in range(1, n + 1)], dim=1)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class LinearLearner(Learner):
+    """A learner whose weights are a function of (XᵀX, Xᵀy, k); all prefixes come from cumulative sums."""
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        """gram: (..., d, d), moment: (..., d), count: (...) → w: (..., d)."""
+        raise NotImplementedError
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        w = self.weights(*sufficient_statistics(xs, ys))  # (B, d)
+        return torch.einsum("bmd,bd->bm", xq, w)
+
+    def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        w = self.weights(*sufficient_statistics(xs, ys, prefixes=True))  # (B, n, d)
+        return torch.einsum("bmd,bkd->bkm", xq, w)

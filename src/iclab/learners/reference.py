@@ -1,0 +1,107 @@
+"""Reference learners: each holds its hyper-parameters and calls a pure function of algorithms.py."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from iclab.learners import algorithms
+from iclab.learners.base import Learner, LinearLearner
+
+
+def _check(name: str, value: float, *, ge: float | None = None, gt: float | None = None) -> None:
+    if ge is not None and not value >= ge:
+        raise ValueError(f"{name} must be >= {ge:g}, got {value!r}")
+    if gt is not None and not value > gt:
+        raise ValueError(f"{name} must be > {gt:g}, got {value!r}")
+
+
+class LeastSquares(LinearLearner):
+    """Minimum-norm ordinary least squares."""
+
+    name = "least_squares"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        return algorithms.least_squares(gram, moment)
+
+
+class Ridge(LinearLearner):
+    """w = (XᵀX + αI)⁻¹Xᵀy."""
+
+    def __init__(self, alpha: float) -> None:
+        _check("Ridge.alpha", alpha, gt=0.0)
+        self.alpha = float(alpha)
+        self.name = f"ridge(alpha={self.alpha:g})"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        return algorithms.ridge(gram, moment, self.alpha)
+
+
+class GradientDescent(LinearLearner):
+    """``steps`` steps of GD from w₀ = 0: w ← w + (lr/n)·Xᵀ(y − Xw)."""
+
+    def __init__(self, steps: int, lr: float) -> None:
+        _check("GradientDescent.steps", steps, ge=0)
+        _check("GradientDescent.lr", lr, gt=0.0)
+        self.steps, self.lr = int(steps), float(lr)
+        self.name = f"gd(steps={self.steps}, lr={self.lr:.4g})"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        return algorithms.gradient_descent(gram, moment, count, self.steps, self.lr)
+
+
+class PreconditionedGD(LinearLearner):
+    """GD with a fixed preconditioner P: w ← w + (lr/n)·P·Xᵀ(y − Xw)."""
+
+    def __init__(self, steps: int, lr: float, preconditioner: Tensor) -> None:
+        _check("PreconditionedGD.steps", steps, ge=0)
+        _check("PreconditionedGD.lr", lr, gt=0.0)
+        if preconditioner.ndim != 2 or preconditioner.shape[0] != preconditioner.shape[1]:
+            raise ValueError(
+                f"PreconditionedGD.preconditioner must be a square (d, d) matrix, "
+                f"got shape {tuple(preconditioner.shape)}"
+            )
+        self.steps, self.lr, self.preconditioner = int(steps), float(lr), preconditioner
+        self.name = f"pgd(steps={self.steps}, lr={self.lr:.4g})"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        if gram.shape[-1] != self.preconditioner.shape[0]:
+            raise ValueError(
+                f"PreconditionedGD.preconditioner is {self.preconditioner.shape[0]}-dimensional "
+                f"but the prompts have d={gram.shape[-1]}"
+            )
+        pre = self.preconditioner.to(dtype=gram.dtype, device=gram.device)
+        return algorithms.gradient_descent(gram, moment, count, self.steps, self.lr, pre)
+
+
+class Averaging(LinearLearner):
+    """ŵ = (1/n) Σ y_i x_i."""
+
+    name = "averaging"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        return algorithms.averaging(moment, count)
+
+
+class Zero(LinearLearner):
+    """Always predicts 0."""
+
+    name = "zero"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        return torch.zeros_like(moment)
+
+
+class KNearest(Learner):
+    """Mean label of the k nearest context points."""
+
+    def __init__(self, k: int) -> None:
+        _check("KNearest.k", k, ge=1)
+        self.k = int(k)
+        self.name = f"knn(k={self.k})"
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return algorithms.k_nearest(xs, ys, xq, self.k)
+
+    def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return algorithms.k_nearest(xs, ys, xq, self.k, prefixes=True)

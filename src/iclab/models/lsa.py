@@ -1,0 +1,169 @@
+"""Linear self-attention (LSA) on the stacked-column embedding of the LSA theory papers.
+
+Tokens are the columns z_i of Z = [(x_1, y_1, s) … (x_n, y_n, s), (x_q, 0, s)] with s the optional
+descriptor, stored as rows: ``tokens: (B, N, D)``, N = n + m, D = d + 1 + k, label coordinate at index d.
+Each layer adds, for every token j (context and query alike),
+
+    z_j ← z_j + Σ_h (1/n) Σ_{i ≤ n} W_PV^h z_i (z_iᵀ W_KQ^h z_j)
+
+i.e. Z ← Z + (1/n) W_PV Z M (Zᵀ W_KQ Z) with the mask M keeping the queries out of keys and values.
+
+**Sign of the read-out**: the prediction is minus the query's label slot, ŷ = −Z[d, query]. The slot starts
+at 0 and tracks the residual 0 − f(x_q), so L layers of the von Oswald et al. construction (W_KQ = I on x,
+W_PV = −η on the label) give exactly L steps of gradient descent; a one-layer LSA with value scalar v and
+key-query block A predicts ŷ = x_qᵀ Γ (1/n) Σ y_i x_i with Γ = −v Aᵀ.
+
+``param="full"``: W_KQ and W_PV are free (D, D) matrices per layer and head. ``param="sparse"``: the block
+form of the theory papers: W_KQ acts on the features (x and descriptor) only, W_PV = v e_d e_dᵀ (the value
+reads the label and writes the label).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from iclab.models.hooks import HookPoint
+from iclab.prompts import stacked_tokens
+
+
+@dataclass
+class LSAShape:
+    """Sizes and form of an LSA: d inputs, k descriptor entries, layers, heads, parameterisation."""
+
+    d: int
+    descriptor_dim: int = 0
+    layers: int = 1
+    heads: int = 1
+    param: str = "full"
+
+    @property
+    def width(self) -> int:
+        """Token width D = d + 1 + k."""
+        return self.d + 1 + self.descriptor_dim
+
+    @property
+    def feature_index(self) -> Tensor:
+        """Indices of the non-label coordinates (x then descriptor), length D − 1."""
+        return torch.tensor([i for i in range(self.width) if i != self.d])
+
+
+class LinearAttention(nn.Module):
+    """One LSA layer with ``heads`` heads; ``kq()`` and ``pv()`` give the full (H, D, D) matrices."""
+
+    def __init__(self, shape: LSAShape) -> None:
+        super().__init__()
+        self.shape = shape
+        heads, width = shape.heads, shape.width
+        if shape.param == "full":
+            self.w_kq = nn.Parameter(torch.zeros(heads, width, width))
+            self.w_pv = nn.Parameter(torch.zeros(heads, width, width))
+        else:
+            self.kq_block = nn.Parameter(torch.zeros(heads, width - 1, width - 1))  # features × features
+            self.value = nn.Parameter(torch.zeros(heads))  # label → label
+        self.register_buffer("features", shape.feature_index, persistent=False)
+        # Fixed embeddings of the sparse blocks: W_KQ = P A Pᵀ with P: (D, D−1), W_PV = v·e_d e_dᵀ.
+        self.register_buffer("feature_embed", torch.eye(width)[:, shape.feature_index], persistent=False)
+        self.register_buffer("label_unit", torch.eye(width)[shape.d].outer(torch.eye(width)[shape.d]), persistent=False)
+        self.scores = HookPoint()
+        self.out = HookPoint()
+
+    def kq(self) -> Tensor:
+        """W_KQ: (H, D, D)."""
+        if self.shape.param == "full":
+            return self.w_kq
+        embed = self.feature_embed.to(self.kq_block.dtype)
+        return embed @ self.kq_block @ embed.T
+
+    def pv(self) -> Tensor:
+        """W_PV: (H, D, D)."""
+        if self.shape.param == "full":
+            return self.w_pv
+        return self.value.view(-1, 1, 1) * self.label_unit.to(self.value.dtype)
+
+    def forward(self, tokens: Tensor, n: int) -> Tensor:
+        """tokens: (B, N, D), the first ``n`` are the context → the update (B, N, D)."""
+        keys = tokens[:, :n]  # (B, n, D): context only (the mask M)
+        if self.scores.listened:  # materialise the (N × n) scores only when a probe reads them
+            queries = tokens.unsqueeze(1) @ self.kq().transpose(-1, -2)  # (B, H, N, D): rows W_KQ z_j
+            scores = self.scores(queries @ keys.unsqueeze(1).transpose(-1, -2))  # (B, H, N, n)
+            values = keys.unsqueeze(1) @ self.pv().transpose(-1, -2)  # (B, H, n, D): rows W_PV z_i
+            return self.out((scores @ values).sum(1) / n)
+        # Same sum, reassociated: Σ_h W_PV^h (Σ_i z_i z_iᵀ) W_KQ^h z_j, cheaper when N·n > D².
+        gram = (keys.transpose(-1, -2) @ keys).unsqueeze(1)  # (B, 1, D, D)
+        mix = (self.pv() @ gram @ self.kq()).sum(1)  # (B, D, D)
+        return self.out(tokens @ mix.transpose(-1, -2) / n)
+
+
+class LSABlock(nn.Module):
+    """A residual LSA layer: resid_post = tokens + attn(tokens)."""
+
+    def __init__(self, shape: LSAShape) -> None:
+        super().__init__()
+        self.attn = LinearAttention(shape)
+        self.resid_post = HookPoint()
+
+    def forward(self, tokens: Tensor, n: int) -> Tensor:
+        return self.resid_post(tokens + self.attn(tokens, n))
+
+
+class LSA(nn.Module):
+    """L layers of linear self-attention; hooks ``embed``, ``blocks.{l}.attn.scores`` (B, H, N, n),
+    ``blocks.{l}.attn.out`` and ``blocks.{l}.resid_post`` (B, N, D)."""
+
+    token_format = "stacked"
+
+    def __init__(self, shape: LSAShape) -> None:
+        super().__init__()
+        if shape.param not in ("full", "sparse"):
+            raise ValueError(f"model.param must be one of full, sparse; got {shape.param!r}")
+        self.shape = shape
+        self.embed = HookPoint()
+        self.blocks = nn.ModuleList(LSABlock(shape) for _ in range(shape.layers))
+
+    def forward(self, tokens: Tensor, n: int) -> Tensor:
+        """tokens: (B, n + m, D) → the final residual stream (B, n + m, D)."""
+        tokens = self.embed(tokens)
+        for block in self.blocks:
+            tokens = block(tokens, n)
+        return tokens
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """xs: (B, n, d), ys: (B, n), xq: (B, m, d), descriptor: (B, k) → ŷ: (B, m) (minus the label slot)."""
+        n = xs.shape[1]
+        resid = self(stacked_tokens(xs, ys, xq, descriptor), n)
+        return -resid[:, n:, self.shape.d]
+
+    @torch.no_grad()
+    def initialise(self, init: str, scale: float, generator: torch.Generator) -> None:
+        """Set the weights: ``gaussian`` (every free entry N(0, scale²)), ``zero_block`` (only the sparse
+        blocks, N(0, scale²)) or ``balanced`` (W_KQ block = scale·ΘΘᵀ/‖ΘΘᵀ‖_F, v = −scale, so
+        ‖W_KQ‖_F = |v| and the initial predictor is a positive multiple of a GD step)."""
+        for block in self.blocks:
+            attn = block.attn
+            heads, feats = self.shape.heads, self.shape.width - 1
+            if init == "gaussian":
+                for param in attn.parameters():
+                    param.copy_(scale * torch.randn(param.shape, generator=generator, dtype=torch.float64))
+                continue
+            if init == "zero_block":
+                kq = scale * torch.randn(heads, feats, feats, generator=generator, dtype=torch.float64)
+                value = scale * torch.randn(heads, generator=generator, dtype=torch.float64)
+            elif init == "balanced":
+                theta = torch.randn(heads, feats, feats, generator=generator, dtype=torch.float64)
+                gram = theta @ theta.transpose(-1, -2)
+                kq = scale * gram / torch.linalg.matrix_norm(gram).view(-1, 1, 1)
+                value = torch.full((heads,), -scale, dtype=torch.float64)
+            else:
+                raise ValueError(f"model.init must be one of gaussian, zero_block, balanced; got {init!r}")
+            if self.shape.param == "sparse":
+                attn.kq_block.copy_(kq)
+                attn.value.copy_(value)
+            else:
+                idx = attn.features
+                attn.w_kq.zero_()
+                attn.w_pv.zero_()
+                attn.w_kq[:, idx.view(-1, 1), idx.view(1, -1)] = kq.to(attn.w_kq.dtype)
+                attn.w_pv[:, self.shape.d, self.shape.d] = value.to(attn.w_pv.dtype)

@@ -1,0 +1,57 @@
+"""Figures of a run: training curves and error-vs-examples curves (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from iclab.evaluate import ErrorCurve  # noqa: E402
+from iclab.rundir import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def plot_training(metrics: pd.DataFrame, path: Path, reference: dict[str, float] | None = None) -> Path:
+    """Train and held-out loss vs step (log scale), with horizontal reference levels (e.g. the optimum)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(metrics["step"], metrics["train_loss"], label="train loss", lw=1)
+    held = metrics.dropna(subset=["eval_loss"])
+    if len(held):
+        ax.plot(held["step"], held["eval_loss"], "o-", label="held-out loss", ms=3)
+    for i, (label, level) in enumerate((reference or {}).items()):
+        ax.axhline(level, ls="--", color=f"C{i + 2}", lw=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean squared error at the query")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_error_curves(curves: list[ErrorCurve], path: Path, title: str = "") -> Path:
+    """Query error vs number of in-context examples, one line (with ±2 s.e. band) per learner."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for curve in curves:
+        ks, mse, sem = curve.ks.numpy(), curve.mse.numpy(), curve.sem.numpy()
+        ax.plot(ks, mse, label=curve.name, lw=1.5)
+        ax.fill_between(ks, mse - 2 * sem, mse + 2 * sem, alpha=0.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of in-context examples")
+    ax.set_ylabel("mean squared error at the query")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

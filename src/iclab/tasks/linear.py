@@ -1,0 +1,141 @@
+"""Linear regression prompts: y = wᵀx + ε with Gaussian x (any covariance, optional mean shift) and w.
+
+x ~ N(μ, Λ) with Λ = Q diag(λ) Qᵀ: λ all ones (isotropic), a given diagonal (``x_cov_diag``) or geometric
+from 1 to 1/κ (``condition_number``); Q = I, one fixed random rotation, or a fresh one per prompt.
+w ~ N(0, Σ_w) with Σ_w = I, a given diagonal, or Λ⁻¹. μ = 0, μ ~ N(0, τ² I) per prompt, or one of K fixed
+means drawn once from N(0, τ² I). The descriptor given to the model is μ, or the one-hot index of μ.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from iclab.config import TaskConfig
+from iclab.prompts import Prompts
+from iclab.seeding import make_generator
+
+
+def random_rotation(batch: int, d: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """Haar-distributed orthogonal matrices ``(batch, d, d)`` (QR of a Gaussian with the sign fixed)."""
+    gauss = torch.randn(batch, d, d, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gauss)
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    signs[signs == 0] = 1.0
+    return (q * signs.unsqueeze(-2)).to(dtype)
+
+
+def spectrum(cfg: TaskConfig) -> Tensor:
+    """Eigenvalues λ (d,) of the x covariance, float64."""
+    if cfg.x_cov_diag is not None:
+        return torch.tensor(cfg.x_cov_diag, dtype=torch.float64)
+    if cfg.condition_number is not None and cfg.d > 1:
+        exponents = torch.arange(cfg.d, dtype=torch.float64) / (cfg.d - 1)
+        return cfg.condition_number ** (-exponents)
+    return torch.ones(cfg.d, dtype=torch.float64)
+
+
+class LinearTask:
+    """Sampler of linear-regression prompts; fixed parts (rotation, the K means) come from ``seed``."""
+
+    def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.eigenvalues = spectrum(cfg)  # (d,)
+        fixed = make_generator(seed, "task.fixed")
+        self.rotation = random_rotation(1, cfg.d, fixed, torch.float64)[0] if cfg.rotation == "fixed" else None
+        self.means = (
+            cfg.x_mean_std * torch.randn(cfg.n_means, cfg.d, generator=fixed, dtype=torch.float64)
+            if cfg.n_means > 0
+            else None
+        )  # (K, d)
+
+    @property
+    def d(self) -> int:
+        return self.cfg.d
+
+    @property
+    def n(self) -> int:
+        return self.cfg.n
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Length k of the descriptor vector (0 without one)."""
+        return {"none": 0, "mean": self.cfg.d, "onehot": self.cfg.n_means}[self.cfg.descriptor]
+
+    def _basis(self) -> Tensor:
+        return self.rotation if self.rotation is not None else torch.eye(self.cfg.d, dtype=torch.float64)
+
+    @property
+    def x_cov(self) -> Tensor:
+        """Λ (d, d) float64, the covariance of x around its mean (per-prompt rotations: not fixed)."""
+        if self.cfg.rotation == "per_prompt":
+            raise ValueError("task.rotation=per_prompt: the x covariance differs from prompt to prompt")
+        basis = self._basis()
+        return basis @ torch.diag(self.eigenvalues) @ basis.T
+
+    @property
+    def w_cov(self) -> Tensor:
+        """Σ_w (d, d) float64."""
+        if self.cfg.w_cov == "identity":
+            return torch.eye(self.cfg.d, dtype=torch.float64)
+        if self.cfg.w_cov == "diag":
+            return torch.diag(torch.tensor(self.cfg.w_cov_diag, dtype=torch.float64))
+        return torch.linalg.inv(self.x_cov)
+
+    def sample(
+        self,
+        batch: int,
+        generator: torch.Generator,
+        *,
+        n: int | None = None,
+        d_active: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Prompts:
+        """Draw ``batch`` prompts with ``n`` context examples (default task.n) and task.n_queries queries.
+
+        ``d_active`` < d zeroes the trailing coordinates of x (curriculum). The draws are made on the CPU
+        in ``dtype`` in a fixed order, so the result depends only on the generator's state and ``dtype``.
+        """
+        cfg = self.cfg
+        n = cfg.n if n is None else n
+        d, m = cfg.d, cfg.n_queries
+
+        basis = None  # (B, d, d) eigenbasis Q, None for Q = I
+        if cfg.rotation == "per_prompt":
+            basis = random_rotation(batch, d, generator, dtype)
+        elif self.rotation is not None:
+            basis = self.rotation.to(dtype).expand(batch, d, d)
+        sqrt_eig = self.eigenvalues.sqrt().to(dtype)
+
+        g_w = torch.randn(batch, d, generator=generator, dtype=dtype)
+        if cfg.w_cov == "identity":
+            w = g_w
+        elif cfg.w_cov == "diag":
+            w = g_w * torch.tensor(cfg.w_cov_diag, dtype=dtype).sqrt()
+        else:  # inverse_x: w = Q diag(λ^{-1/2}) g
+            w = g_w / sqrt_eig if basis is None else torch.einsum("bij,bj->bi", basis, g_w / sqrt_eig)
+
+        descriptor = None
+        mean = torch.zeros(batch, d, dtype=dtype)
+        if self.means is not None:
+            index = torch.randint(cfg.n_means, (batch,), generator=generator)
+            mean = self.means[index].to(dtype)
+            if cfg.descriptor == "onehot":
+                descriptor = torch.nn.functional.one_hot(index, cfg.n_means).to(dtype)
+        elif cfg.x_mean_std > 0:
+            mean = cfg.x_mean_std * torch.randn(batch, d, generator=generator, dtype=dtype)
+        if cfg.descriptor == "mean":
+            descriptor = mean
+
+        def draw_x(count: int) -> Tensor:  # (B, count, d) = μ + Q diag(√λ) g
+            g = torch.randn(batch, count, d, generator=generator, dtype=dtype) * sqrt_eig
+            x = mean.unsqueeze(1) + (g if basis is None else g @ basis.transpose(-1, -2))
+            if d_active is not None and d_active < d:
+                x[..., d_active:] = 0.0
+            return x
+
+        xs, xq = draw_x(n), draw_x(m)
+        noise = cfg.noise_std * torch.randn(batch, n + m, generator=generator, dtype=dtype)
+        ys = (xs @ w.unsqueeze(-1)).squeeze(-1) + noise[:, :n]
+        yq = (xq @ w.unsqueeze(-1)).squeeze(-1) + noise[:, n:]
+        return Prompts(xs=xs, ys=ys, xq=xq, yq=yq, descriptor=descriptor, w=w)

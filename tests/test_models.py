@@ -1,0 +1,117 @@
+"""The LSA model: read-out sign, the GD construction, masking, hooks, inits, token formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import task_config
+from iclab.config import parse_config
+from iclab.learners import GradientDescent, from_model
+from iclab.models import LSA, LSAShape, build_model, hook_names, run_with_cache
+from iclab.prompts import interleaved_tokens, stacked_tokens
+from iclab.tasks import make_task
+
+F64 = torch.float64
+
+
+def sample(variant: str = "isotropic", *extra: str, batch: int = 4):
+    task = make_task(task_config(variant, *extra), seed=0)
+    return task, task.sample(batch, torch.Generator().manual_seed(3), dtype=F64)
+
+
+def gd_construction(d: int, layers: int, lr: float) -> LSA:
+    """von Oswald et al.: W_KQ = I on x, W_PV = −lr on the label, in every layer."""
+    model = LSA(LSAShape(d=d, layers=layers, param="sparse")).double()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.kq_block.copy_(torch.eye(d, dtype=F64).unsqueeze(0))
+            block.attn.value.fill_(-lr)
+    return model
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("lr", [0.3, 0.9])
+def test_gd_construction_equals_gradient_descent(layers, lr):
+    _, p = sample("many_queries", "task.d=4")
+    model = gd_construction(4, layers, lr)
+    got = model.predict(p.xs, p.ys, p.xq)
+    expected = GradientDescent(layers, lr).predict(p.xs, p.ys, p.xq)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_one_layer_effective_preconditioner():
+    """ŷ = x_qᵀ Γ (1/n) Σ y_i x_i with Γ = −v Aᵀ for a sparse one-layer LSA."""
+    _, p = sample("isotropic", "task.d=3", "task.n=8")
+    model = LSA(LSAShape(d=3, param="sparse")).double()
+    a = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with torch.no_grad():
+        model.blocks[0].attn.kq_block.copy_(a.unsqueeze(0))
+        model.blocks[0].attn.value.fill_(0.7)
+    h = torch.einsum("bnd,bn->bd", p.xs, p.ys) / p.n
+    expected = torch.einsum("bmd,de,be->bm", p.xq, -0.7 * a.T, h)
+    torch.testing.assert_close(model.predict(p.xs, p.ys, p.xq), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("param", ["full", "sparse"])
+def test_hooked_and_fast_paths_agree_and_queries_are_masked(param):
+    task, p = sample("mean_shift", "task.n_queries=3")
+    cfg = parse_config({}, [f"model.param={param}", "model.layers=2", "model.heads=2"]).model
+    model = build_model(cfg, task, torch.Generator().manual_seed(0)).double()
+    fast = model.predict(p.xs, p.ys, p.xq, p.descriptor)
+    hooked, cache = run_with_cache(model, lambda: model.predict(p.xs, p.ys, p.xq, p.descriptor))
+    torch.testing.assert_close(fast, hooked, rtol=1e-10, atol=1e-10)
+    assert set(cache) == set(hook_names(model))
+    n, m, width = p.n, 3, task.d + 1 + task.d
+    assert cache["blocks.1.attn.scores"].shape == (4, 2, n + m, n)
+    assert cache["blocks.0.resid_post"].shape == (4, n + m, width)
+    # a query never influences the context or another query
+    moved = p.xq.clone()
+    moved[:, 0] += 1.0
+    _, cache2 = run_with_cache(model, lambda: model.predict(p.xs, p.ys, moved, p.descriptor))
+    resid, resid2 = cache["blocks.1.resid_post"], cache2["blocks.1.resid_post"]
+    torch.testing.assert_close(resid[:, :n], resid2[:, :n], rtol=0, atol=0)
+    torch.testing.assert_close(resid[:, n + 1 :], resid2[:, n + 1 :], rtol=0, atol=0)
+
+
+def test_balanced_init_and_parameter_counts():
+    task = make_task(task_config("isotropic"), seed=0)
+    for param in ("full", "sparse"):
+        cfg = parse_config({}, [f"model.param={param}", "model.init=balanced", "model.init_scale=0.3"]).model
+        attn = build_model(cfg, task, torch.Generator().manual_seed(0)).blocks[0].attn
+        kq, pv = attn.kq(), attn.pv()
+        assert torch.allclose(torch.linalg.matrix_norm(kq), torch.tensor(0.3))
+        assert torch.allclose(pv[:, task.d, task.d], torch.tensor(-0.3))
+        assert torch.count_nonzero(pv) == 1 and torch.count_nonzero(kq[:, task.d]) == 0
+    full = parse_config({}, ["model.param=full"]).model
+    sparse = parse_config({}, ["model.param=sparse"]).model
+    count = lambda c: sum(t.numel() for t in build_model(c, task, torch.Generator()).parameters())  # noqa: E731
+    assert count(full) == 2 * 6 * 6 and count(sparse) == 5 * 5 + 1
+
+
+def test_from_model_preserves_dtype_and_device():
+    task, p = sample()
+    model = build_model(parse_config({}, []).model, task, torch.Generator().manual_seed(0))  # float32
+    out = from_model(model).predict(p.xs, p.ys, p.xq)
+    assert out.dtype == F64
+    torch.testing.assert_close(out, model.predict(p.xs.float(), p.ys.float(), p.xq.float()).double())
+
+
+def test_token_formats():
+    _, p = sample("fixed_means_onehot", "task.d=2", "task.n=3", "task.n_queries=2", batch=1)
+    z = stacked_tokens(p.xs, p.ys, p.xq, p.descriptor)
+    assert z.shape == (1, 5, 2 + 1 + 4)
+    torch.testing.assert_close(z[0, 1], torch.cat([p.xs[0, 1], p.ys[0, 1:2], p.descriptor[0]]))
+    torch.testing.assert_close(z[0, 4], torch.cat([p.xq[0, 1], torch.zeros(1, dtype=F64), p.descriptor[0]]))
+    seq = interleaved_tokens(p.xs, p.ys, p.xq)
+    assert seq.shape == (1, 7, 2)
+    torch.testing.assert_close(seq[0, 2], p.xs[0, 1])
+    torch.testing.assert_close(seq[0, 3], torch.stack([p.ys[0, 1], torch.tensor(0.0, dtype=F64)]))
+    torch.testing.assert_close(seq[0, 6], p.xq[0, 0])
+
+
+def test_unknown_hook_is_an_error():
+    task = make_task(task_config("isotropic"), seed=0)
+    model = build_model(parse_config({}, []).model, task, torch.Generator())
+    with pytest.raises(ValueError, match="unknown hook"):
+        run_with_cache(model, lambda: None, names=["blocks.9.nope"])

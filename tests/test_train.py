@@ -1,0 +1,215 @@
+"""Training: reaching the exact optimum, run-dir contents, determinism, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import iclab.train as train_module
+from iclab.config import parse_config
+from iclab.evaluate import query_loss
+from iclab.learners import GradientDescent, from_model
+from iclab.rundir import RunDirError, load_model
+from iclab.seeding import make_generator
+from iclab.tasks import make_task
+from iclab.theory import isotropic_gd_optimum
+from iclab.train import TrainingDiverged, curriculum_sizes, learning_rate, sample_in_chunks, train
+
+SMALL = [
+    "task.d=3",
+    "task.n=10",
+    "train.steps=40",
+    "train.batch_size=64",
+    "eval.batch_size=200",
+    "eval.every=20",
+    "train.log_every=10",
+    "train.checkpoint_every=10",
+]
+
+
+def small(*extra: str):
+    return parse_config({}, [*SMALL, *extra])
+
+
+def test_one_layer_lsa_reaches_the_exact_optimum(tmp_path):
+    """d=3, n=10, noiseless: L* = d(d+1)/(n+d+1) = 12/14; the trained LSA predicts like one optimal GD step."""
+    cfg = parse_config(
+        {},
+        [
+            "task.d=3",
+            "task.n=10",
+            "train.steps=1500",
+            "eval.batch_size=40000",
+            "eval.every=1500",
+            "train.log_every=100",
+        ],
+    )
+    summary = train(cfg, tmp_path / "run", progress=False)
+    optimum = isotropic_gd_optimum(3, 10)
+    assert abs(summary["final_eval_loss"] - optimum.loss) <= max(0.03 * optimum.loss, 4 * summary["final_eval_sem"])
+    # paired comparison on the same prompts: far tighter than the Monte Carlo error of either
+    model, cfg, _ = load_model(tmp_path / "run")
+    prompts = sample_in_chunks(make_task(cfg.task, cfg.seed), 20000, make_generator(1, "check"), torch.float64)
+    trained = query_loss(from_model(model), prompts)[0]
+    best = query_loss(GradientDescent(1, optimum.lr), prompts)[0]
+    assert abs(trained - best) / best < 0.005  # measured: about 1e-4 over seeds 0, 1, 2
+
+
+def test_run_dir_contents(tmp_path):
+    out = tmp_path / "run"
+    summary = train(small(), out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "model.safetensors",
+        "model.json",
+        "figures",
+    } <= names
+    assert not [name for name in names if ".tmp" in name]
+    assert (out / "figures" / "loss.png").stat().st_size > 1000
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns) == ["step", "train_loss", "eval_loss", "lr", "n", "d"]
+    assert metrics["step"].tolist() == [10, 20, 30, 40]
+    assert metrics["eval_loss"].notna().tolist() == [False, True, False, True]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["steps"] == 40
+    assert on_disk["final_eval_loss"] == summary["final_eval_loss"] > 0
+    assert json.loads((out / "model.json").read_text())["step"] == 40
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    train(small(), tmp_path / "a", progress=False)
+    train(small(), tmp_path / "b", progress=False)
+    train(small("seed=1"), tmp_path / "c", progress=False)
+    a, b, c = ((tmp_path / x / "metrics.csv").read_bytes() for x in "abc")
+    assert a == b and a != c
+
+
+def test_finished_run_is_skipped_and_other_configs_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = train(small(), out, progress=False)
+    before = (out / "metrics.csv").read_bytes()
+    again = train(small(), out, progress=False)
+    assert "already done" in capsys.readouterr().out
+    assert again["final_eval_loss"] == first["final_eval_loss"]
+    assert (out / "metrics.csv").read_bytes() == before
+    with pytest.raises(RunDirError, match="model.layers"):
+        train(small("model.layers=2"), out, progress=False)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_gives_identical_metrics(tmp_path, monkeypatch):
+    train(small(), tmp_path / "whole", progress=False)
+
+    original = train_module.make_task
+    calls = {"count": 0}
+
+    def interrupted_task(cfg, seed):
+        task = original(cfg, seed)
+        sample = task.sample
+
+        def flaky(*args, **kwargs):
+            calls["count"] += 1
+            if calls["count"] == 1 + 25:  # the held-out set, then 24 training batches
+                raise Interrupt
+            return sample(*args, **kwargs)
+
+        task.sample = flaky
+        return task
+
+    monkeypatch.setattr(train_module, "make_task", interrupted_task)
+    with pytest.raises(Interrupt):
+        train(small(), tmp_path / "cut", progress=False)
+    assert json.loads((tmp_path / "cut" / "model.json").read_text())["step"] == 20
+    monkeypatch.setattr(train_module, "make_task", original)
+    train(small(), tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (tmp_path / "whole" / "metrics.csv").read_bytes()
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = train_module.make_task
+
+    def poisoned_task(cfg, seed):
+        task = original(cfg, seed)
+        sample, calls = task.sample, {"count": 0}
+
+        def poisoned(*args, **kwargs):
+            calls["count"] += 1
+            prompts = sample(*args, **kwargs)
+            if calls["count"] == 1 + 25:  # training step 25
+                prompts.ys[0, 0] = float("nan")
+            return prompts
+
+        task.sample = poisoned
+        return task
+
+    monkeypatch.setattr(train_module, "make_task", poisoned_task)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="step 25"):
+        train(small(), out, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and "step 25" in summary["message"]
+    model, _, step = load_model(out)
+    assert step == 20 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert pd.read_csv(out / "metrics.csv")["step"].max() == 20
+
+
+def test_huge_loss_counts_as_divergence(tmp_path):
+    with pytest.raises(TrainingDiverged, match="step 1"):
+        train(small("model.init_scale=1000"), tmp_path / "run", progress=False)
+
+
+def test_curriculum_and_schedule():
+    cfg = parse_config(
+        {},
+        [
+            "task.d=8",
+            "task.n=20",
+            "train.curriculum.enabled=true",
+            "train.curriculum.d_start=3",
+            "train.curriculum.n_start=5",
+            "train.curriculum.every=10",
+            "train.steps=100",
+            "train.warmup_steps=10",
+        ],
+    )
+    assert curriculum_sizes(cfg, 0) == (5, 3)
+    assert curriculum_sizes(cfg, 25) == (9, 5)
+    assert curriculum_sizes(cfg, 10_000) == (20, 8)
+    assert learning_rate(cfg, 0) == pytest.approx(cfg.train.lr / 10)
+    assert learning_rate(cfg, 10) == pytest.approx(cfg.train.lr)
+    assert learning_rate(cfg, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_curriculum_training_grows_the_task(tmp_path):
+    cfg = small(
+        "task.d=5",
+        "task.n=12",
+        "train.curriculum.enabled=true",
+        "train.curriculum.d_start=2",
+        "train.curriculum.n_start=4",
+        "train.curriculum.every=10",
+        "train.curriculum.n_step=4",
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    # each row records the sizes of the last step it averages (steps 10, 20, … are stages 0, 1, …)
+    assert metrics["d"].tolist() == [2, 3, 4, 5] and metrics["n"].tolist() == [4, 8, 12, 12]
+
+
+def test_float64_sparse_balanced_training(tmp_path):
+    summary = train(
+        small("train.dtype=float64", "model.param=sparse", "model.init=balanced"),
+        tmp_path / "run",
+        progress=False,
+    )
+    model, _, _ = load_model(tmp_path / "run")
+    assert summary["status"] == "finished" and next(model.parameters()).dtype == torch.float64
