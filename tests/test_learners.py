@@ -18,7 +18,7 @@ from iclab.learners import (
     Zero,
 )
 from iclab.tasks import make_task
-from iclab.theory import isotropic_gd_optimum
+from iclab.theory import isotropic_gd_optimum, isotropic_reference
 
 F64 = torch.float64
 
@@ -148,3 +148,11 @@ def test_optimal_gd_step_matches_theory(d, n, noise):
     # the optimal step beats its neighbours on the same prompts
     for lr in (0.8 * optimum.lr, 1.2 * optimum.lr):
         assert query_loss(GradientDescent(1, lr), p)[0] > mean
+
+
+def test_isotropic_reference_only_where_the_closed_form_holds():
+    assert isotropic_reference(task_config("noisy", "task.d=4", "task.n=10")) == {
+        "optimal 1-layer LSA (theory)": pytest.approx(4 * 5.25 / 15.25 + 0.25)
+    }
+    for variant in ("diag_x", "condition_fixed_rotation", "w_diag", "mean_shift"):
+        assert isotropic_reference(task_config(variant)) == {}

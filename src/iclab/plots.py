@@ -41,12 +41,17 @@ def plot_training(metrics: pd.DataFrame, path: Path, reference: dict[str, float]
 
 
 def plot_error_curves(curves: list[ErrorCurve], path: Path, title: str = "") -> Path:
-    """Query error vs number of in-context examples, one line (with ±2 s.e. band) per learner."""
+    """Query error vs number of in-context examples, one line (with ±2 s.e. band) per learner; the first
+    curve (the model) is drawn solid, the others dashed. Values below 1e-6 of the largest are clipped."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for curve in curves:
-        ks, mse, sem = curve.ks.numpy(), curve.mse.numpy(), curve.sem.numpy()
-        ax.plot(ks, mse, label=curve.name, lw=1.5)
-        ax.fill_between(ks, mse - 2 * sem, mse + 2 * sem, alpha=0.2)
+    top = max(float(c.mse.max()) for c in curves)
+    floor = top * 1e-6  # exact solvers reach ~1e-30: keep the interesting range visible
+    for i, curve in enumerate(curves):
+        ks, mse, sem = curve.ks.numpy(), curve.mse.numpy().clip(floor), curve.sem.numpy()
+        style = {"lw": 2.5} if i == 0 else {"lw": 1.5, "ls": "--"}
+        ax.plot(ks, mse, label=curve.name, **style)
+        ax.fill_between(ks, (mse - 2 * sem).clip(floor), mse + 2 * sem, alpha=0.15)
+    ax.set_ylim(floor / 2, top * 2)
     ax.set_yscale("log")
     ax.set_xlabel("number of in-context examples")
     ax.set_ylabel("mean squared error at the query")

@@ -38,6 +38,7 @@ from iclab.rundir import (
 )
 from iclab.seeding import make_generator
 from iclab.tasks import Task, make_task
+from iclab.theory import isotropic_reference
 
 METRIC_COLUMNS = ("step", "train_loss", "eval_loss", "lr", "n", "d")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -270,7 +271,7 @@ def train(cfg: Config, out: str | Path, device: str = "cpu", progress: bool = Tr
         _checkpoint(out, cfg, model, optimizer, generator, state)
     summary = _write_summary(out, cfg, state, "finished", started, final_eval_loss=final_loss, final_eval_sem=final_sem)
     if state.rows:
-        plot_training(pd.DataFrame(state.rows), out / FIGURES_DIR / "loss.png")
+        plot_training(pd.DataFrame(state.rows), out / FIGURES_DIR / "loss.png", isotropic_reference(cfg.task))
     return summary
 
 

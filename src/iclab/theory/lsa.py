@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from iclab.config import TaskConfig
+
 
 @dataclass(frozen=True)
 class GDOptimum:
@@ -27,3 +29,18 @@ def isotropic_gd_optimum(d: int, n: int, noise_std: float = 0.0) -> GDOptimum:
     s2 = noise_std**2
     denominator = n + d + 1 + s2
     return GDOptimum(lr=n / denominator, loss=d * (d + 1 + s2) / denominator + s2)
+
+
+def isotropic_reference(task: TaskConfig) -> dict[str, float]:
+    """{"label": loss} of the optimal one-layer LSA when ``task`` is the isotropic centred linear task the
+    closed form covers (x, w ~ N(0, I)); empty otherwise. Used as a level on training plots."""
+    covered = (
+        task.name == "linear"
+        and task.x_cov_diag is None
+        and task.condition_number is None
+        and task.w_cov == "identity"
+        and task.x_mean_std == 0
+    )
+    if not covered:
+        return {}
+    return {"optimal 1-layer LSA (theory)": isotropic_gd_optimum(task.d, task.n, task.noise_std).loss}
