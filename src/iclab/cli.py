@@ -14,6 +14,7 @@ from iclab.learners.specs import SPEC_NAMES, LearnerSpecError
 from iclab.rundir import RunDirError
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # the shell's code for a stop by SIGINT
 
 
 class UsageError(Exception):
@@ -35,18 +36,25 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from iclab.train import TrainingDiverged, train
+    from iclab.rundir import clear_run_dir
+    from iclab.train import TrainingDiverged, TrainingInterrupted, train
 
     cfg = load_config(args.config, args.overrides)
     device = _check_device(args.device)
+    if args.force:
+        clear_run_dir(Path(args.out))
     try:
         summary = train(cfg, args.out, device=device, progress=not args.quiet)
     except TrainingDiverged as err:
         print(f"iclab: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as err:
+        print(f"iclab: {err}", file=sys.stderr)
+        return INTERRUPTED
+    sem = summary["final_eval_sem"]
+    spread = f" (± {sem:.2g} s.e.)" if sem is not None else ""
     print(
-        f"final_eval_loss {summary['final_eval_loss']:.6g} (± {summary['final_eval_sem']:.2g} s.e.) after "
-        f"{summary['steps']} steps; run dir: {args.out}"
+        f"final_eval_loss {summary['final_eval_loss']:.6g}{spread} after {summary['steps']} steps; run dir: {args.out}"
     )
     return 0
 
@@ -66,6 +74,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from iclab.check import verify_run_dir
+
+    report = verify_run_dir(args.run_dir)
+    for name, ok, detail in report:
+        print(f"{'ok ' if ok else 'BAD'} {name:<20} {detail}")
+    bad = [name for name, ok, _ in report if not ok]
+    print(f"{args.run_dir}: " + (f"problems in {', '.join(bad)}" if bad else "all files verified"))
+    return 1 if bad else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from iclab.demo import run_demo
 
@@ -74,11 +93,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iclab", description="The science of in-context learning.")
+    parser = argparse.ArgumentParser(
+        prog="iclab", description="The science of in-context learning.", allow_abbrev=False
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     train = verbs.add_parser(
         "train",
+        allow_abbrev=False,  # no abbreviations: "--f" must not stand for --force
         help="train a model on in-context prompts",
         description="Train a model; config from --config YAML and key=value overrides "
         "(e.g. task.d=5 model.layers=2 train.lr=1e-3).",
@@ -87,11 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--out", required=True, help="run dir (created; resumed if it holds a checkpoint)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--force", action="store_true", help="delete the run in --out first and start over")
     _add_device(train)
     train.set_defaults(func=cmd_train)
 
     ev = verbs.add_parser(
         "eval",
+        allow_abbrev=False,
         help="error vs number of examples: a run's model beside learners",
         description="Evaluate a trained run beside reference learners on the same prompts. "
         f"Learners: {', '.join(SPEC_NAMES)}, with parameters as name:key=value "
@@ -104,8 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(ev)
     ev.set_defaults(func=cmd_eval)
 
+    check = verbs.add_parser(
+        "check",
+        allow_abbrev=False,
+        help="verify the files of a run dir",
+        description="Verify every file of a run dir (parsable, checksums, matching configs, no leftovers). "
+        "Exit 0 when all are fine, 1 otherwise.",
+    )
+    check.add_argument("run_dir", help="a run dir made by iclab train")
+    check.set_defaults(func=cmd_check)
+
     demo = verbs.add_parser(
         "demo",
+        allow_abbrev=False,
         help="train a 1-layer LSA and compare it with one GD step and OLS",
         description="Train a 1-layer LSA on d=5, n=20 linear regression (about a minute "
         "on a CPU) and print its loss beside the optimal GD step and OLS.",

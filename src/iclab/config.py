@@ -185,7 +185,10 @@ def _parse_value(key: str, raw: Any, tp: Any) -> Any:
     items = raw.split(",") if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)) or len(items) == 0:
         raise bad
-    return tuple(_parse_value(key, item, float) for item in items)
+    try:
+        return tuple(_parse_value(key, item, float) for item in items)
+    except ConfigError:
+        raise bad from None
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
