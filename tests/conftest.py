@@ -20,6 +20,9 @@ TASK_VARIANTS = {
     "fixed_means_onehot": ["task.x_mean_std=2", "task.n_means=4", "task.descriptor=onehot"],
     "fixed_means_no_descriptor": ["task.x_mean_std=2", "task.n_means=4"],
     "many_queries": ["task.n_queries=3", "task.n=7"],
+    "relu_response": ["task.response=relu", "task.random_sign=true"],
+    "gp_relu_sphere": ["task.name=gp", "task.kernel=relu", "task.x_dist=sphere"],
+    "gp_exp_noisy": ["task.name=gp", "task.kernel=exp", "task.kernel_scale=2", "task.noise_std=0.1"],
 }
 
 

@@ -8,9 +8,13 @@ import torch
 
 from conftest import TASK_VARIANTS, task_config
 from iclab.config import parse_config
+from iclab.kernels import Kernel
 from iclab.learners import (
     Averaging,
+    FunctionalGD,
+    GPPosterior,
     GradientDescent,
+    KernelRidge,
     KNearest,
     LeastSquares,
     PreconditionedGD,
@@ -21,11 +25,19 @@ from iclab.learners import (
 from iclab.models import build_model
 from iclab.tasks import make_task
 
+MODELS = {
+    "lsa-full-1": ["model.param=full"],
+    "lsa-sparse-2": ["model.param=sparse", "model.layers=2"],
+    "relu_attention-2": ["model.name=kernel_attention", "model.activation=relu", "model.layers=2"],
+    "softmax_attention-1": ["model.name=kernel_attention", "model.activation=softmax", "model.param=sparse"],
+    "exp_attention-1": ["model.name=kernel_attention", "model.activation=exp"],
+    "mlp_lsa-1": ["model.name=mlp_lsa", "model.mlp_hidden=8", "model.feature_dim=4"],
+}
+
 
 def make_learner(name: str, task):
-    if name.startswith("lsa"):
-        _, param, layers = name.split("-")
-        cfg = parse_config({}, [f"model.param={param}", f"model.layers={layers}", "model.heads=2"]).model
+    if name in MODELS:
+        cfg = parse_config({}, [*MODELS[name], "model.heads=2"]).model
         return from_model(build_model(cfg, task, torch.Generator().manual_seed(0)).double())
     return {
         "least_squares": LeastSquares(),
@@ -35,20 +47,16 @@ def make_learner(name: str, task):
         "averaging": Averaging(),
         "knn": KNearest(2),
         "zero": Zero(),
+        "functional_gd": FunctionalGD(Kernel("exp", 2.0), 3, 0.5),
+        "kernel_ridge": KernelRidge(Kernel("relu"), 0.1),
+        "gp_posterior": GPPosterior(Kernel("linear"), 0.1),
     }[name]
 
 
 LEARNER_NAMES = [
-    "least_squares",
-    "ridge",
-    "gd",
-    "pgd",
-    "averaging",
-    "knn",
-    "zero",
-    "lsa-full-1",
-    "lsa-sparse-2",
-]
+    "least_squares", "ridge", "gd", "pgd", "averaging", "knn", "zero", "functional_gd", "kernel_ridge",
+    "gp_posterior", *MODELS,
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", sorted(TASK_VARIANTS))

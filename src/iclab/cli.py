@@ -85,6 +85,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from iclab.experiments import RECIPES, reproduce
+
+    if args.name not in RECIPES:
+        raise UsageError(f"unknown reproduction {args.name!r}; choose from {', '.join(RECIPES)}")
+    out = Path(args.out or f"runs/reproduce/{args.name}{'-quick' if args.quick else ''}")
+    outcome = reproduce(args.name, out, quick=args.quick, device=_check_device(args.device), progress=not args.quiet)
+    for claim, ok in outcome["checks"].items():
+        print(f"{'yes' if ok else 'NO '}  {claim}")
+    print(f"report: {out / 'report.md'}; figures: {out / 'figures'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from iclab.demo import run_demo
 
@@ -137,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("run_dir", help="a run dir made by iclab train")
     check.set_defaults(func=cmd_check)
+
+    rep = verbs.add_parser(
+        "reproduce",
+        allow_abbrev=False,
+        help="reproduce a published result (a grid of runs, figures, report.md)",
+        description="Reproduce a published claim: trains its grid of runs (resumable), evaluates them beside "
+        "the reference algorithms and writes results.csv, figures/ and report.md. Recipes: functional_gd.",
+    )
+    rep.add_argument("name", help="recipe name, e.g. functional_gd")
+    rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")
+    rep.add_argument("--out", help="output folder (default runs/reproduce/NAME[-quick])")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(rep)
+    rep.set_defaults(func=cmd_reproduce)
 
     demo = verbs.add_parser(
         "demo",

@@ -39,9 +39,9 @@ def _spec(
 
 @dataclass
 class TaskConfig:
-    """What prompts look like (see :mod:`iclab.tasks.linear`)."""
+    """What prompts look like (see :mod:`iclab.tasks.linear` and :mod:`iclab.tasks.gp`)."""
 
-    name: str = _spec("linear", choices=("linear",), doc="task family")
+    name: str = _spec("linear", choices=("linear", "gp"), doc="task family")
     d: int = _spec(5, ge=1, doc="input dimension")
     n: int = _spec(20, ge=1, doc="context length (number of labelled examples)")
     n_queries: int = _spec(1, ge=1, doc="query points per prompt")
@@ -54,18 +54,30 @@ class TaskConfig:
     x_mean_std: float = _spec(0.0, ge=0.0, doc="std tau of the per-prompt mean mu ~ N(0, tau^2 I)")
     n_means: int = _spec(0, ge=0, doc="K > 0: mu drawn uniformly from K fixed means")
     descriptor: str = _spec("none", choices=("none", "mean", "onehot"), doc="side information for the model")
+    response: str = _spec(
+        "identity", choices=("identity", "relu", "tanh", "cubic", "square"), doc="linear task: y = f(wᵀx) + noise"
+    )
+    random_sign: bool = _spec(False, doc="linear task: y = ±f(wᵀx), the sign drawn per prompt")
+    kernel: str = _spec("linear", choices=("linear", "relu", "exp"), doc="gp task: covariance kernel h(xᵀx'/s)")
+    kernel_scale: float = _spec(1.0, gt=0.0, doc="gp task: the kernel's scale s")
+    x_dist: str = _spec("gaussian", choices=("gaussian", "sphere"), doc="gp task: x ~ N(0, I) or uniform on S^{d-1}")
 
 
 @dataclass
 class ModelConfig:
     """The model trained on the prompts (see :mod:`iclab.models`)."""
 
-    name: str = _spec("lsa", choices=("lsa",), doc="model family")
+    name: str = _spec("lsa", choices=("lsa", "kernel_attention", "mlp_lsa"), doc="model family")
     layers: int = _spec(1, ge=1, doc="number of attention layers")
     heads: int = _spec(1, ge=1, doc="attention heads per layer")
     param: str = _spec("full", choices=("full", "sparse"), doc="free matrices or the theory's block form")
     init: str = _spec("gaussian", choices=("gaussian", "zero_block", "balanced"), doc="initialisation")
     init_scale: float = _spec(0.1, ge=0.0, doc="scale of the initial weights")
+    activation: str = _spec(
+        "linear", choices=("linear", "relu", "exp", "softmax"), doc="kernel_attention: h applied to the scores"
+    )
+    mlp_hidden: int = _spec(64, ge=1, doc="mlp_lsa: hidden width of the feature MLP")
+    feature_dim: int = _spec(16, ge=1, doc="mlp_lsa: dimension of the learned features")
 
 
 @dataclass
@@ -243,8 +255,31 @@ def _set_path(cfg: Any, key: str, raw: Any) -> None:
         return
 
 
+LINEAR_ONLY = ("x_cov_diag", "condition_number", "rotation", "w_cov", "w_cov_diag", "x_mean_std", "n_means",
+               "descriptor", "response", "random_sign")  # fmt: skip
+GP_ONLY = ("kernel", "kernel_scale", "x_dist")
+MODEL_ONLY = {"activation": "kernel_attention", "mlp_hidden": "mlp_lsa", "feature_dim": "mlp_lsa"}
+
+
+def _changed(section: Any, name: str) -> bool:
+    return getattr(section, name) != _fields(type(section))[name].default
+
+
+def _check_family_keys(cfg: Config) -> None:
+    """Keys that belong to one task or model family must stay at their defaults in the others."""
+    t, m = cfg.task, cfg.model
+    for name in LINEAR_ONLY if t.name == "gp" else GP_ONLY:
+        if _changed(t, name):
+            family = "linear" if t.name == "gp" else "gp"
+            raise ConfigError(f"task.{name} applies to task.name={family}, not task.name={t.name}")
+    for name, family in MODEL_ONLY.items():
+        if m.name != family and _changed(m, name):
+            raise ConfigError(f"model.{name} applies to model.name={family}, not model.name={m.name}")
+
+
 def _check_consistency(cfg: Config) -> None:
     """Cross-field rules that a single field's range cannot express."""
+    _check_family_keys(cfg)
     t = cfg.task
     if t.x_cov_diag is not None and t.condition_number is not None:
         raise ConfigError("task.x_cov_diag and task.condition_number are exclusive; give one, got both")

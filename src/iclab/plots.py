@@ -15,7 +15,8 @@ from iclab.evaluate import ErrorCurve  # noqa: E402
 from iclab.rundir import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -37,7 +38,7 @@ def plot_training(metrics: pd.DataFrame, path: Path, reference: dict[str, float]
     ax.set_ylabel("mean squared error at the query")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_error_curves(curves: list[ErrorCurve], path: Path, title: str = "") -> Path:
@@ -59,4 +60,16 @@ def plot_error_curves(curves: list[ErrorCurve], path: Path, title: str = "") -> 
         ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """A pandas table as GitHub markdown (floats rounded to ``digits`` significant digits)."""
+
+    def cell(value: object) -> str:
+        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])

@@ -1,6 +1,7 @@
 """Everything that predicts in context: reference algorithms and trained models, one protocol."""
 
 from iclab.learners.base import Learner, LinearLearner
+from iclab.learners.kernel import FunctionalGD, GPPosterior, KernelRidge
 from iclab.learners.reference import (
     Averaging,
     GradientDescent,
@@ -14,6 +15,9 @@ from iclab.learners.trained import ModelLearner, from_model
 
 __all__ = [
     "Averaging",
+    "FunctionalGD",
+    "GPPosterior",
+    "KernelRidge",
     "GradientDescent",
     "KNearest",
     "LeastSquares",

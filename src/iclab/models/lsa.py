@@ -1,4 +1,4 @@
-"""Linear self-attention (LSA) on the stacked-column embedding of the LSA theory papers.
+"""Linear (and kernel) self-attention on the stacked-column embedding of the LSA theory papers.
 
 Tokens are the columns z_i of Z = [(x_1, y_1, s) … (x_n, y_n, s), (x_q, 0, s)] with s the optional
 descriptor, stored as rows: ``tokens: (B, N, D)``, N = n + m, D = d + 1 + k, label coordinate at index d.
@@ -7,6 +7,11 @@ Each layer adds, for every token j (context and query alike),
     z_j ← z_j + Σ_h (1/n) Σ_{i ≤ n} W_PV^h z_i (z_iᵀ W_KQ^h z_j)
 
 i.e. Z ← Z + (1/n) W_PV Z M (Zᵀ W_KQ Z) with the mask M keeping the queries out of keys and values.
+
+**Kernel attention** (Cheng, Chen, Sra 2024; ``model.name=kernel_attention``): the same layer with an
+activation h on the scores, z_iᵀ W_KQ z_j ↦ h(z_iᵀ W_KQ z_j) for h = relu or exp, still divided by n, or a
+softmax over the n keys (normalised by its row sum instead). With W_KQ = B on x and W_PV = −r on the label,
+a layer is one step of functional gradient descent in the RKHS of K(x, x') = h(xᵀBx').
 
 **Sign of the read-out**: the prediction is minus the query's label slot, ŷ = −Z[d, query]. The slot starts
 at 0 and tracks the residual 0 − f(x_q), so L layers of the von Oswald et al. construction (W_KQ = I on x,
@@ -28,6 +33,8 @@ from torch import Tensor, nn
 from iclab.models.hooks import HookPoint
 from iclab.prompts import stacked_tokens
 
+ACTIVATIONS = {"linear": lambda s: s, "relu": torch.relu, "exp": torch.exp}
+
 
 @dataclass
 class LSAShape:
@@ -38,6 +45,7 @@ class LSAShape:
     layers: int = 1
     heads: int = 1
     param: str = "full"
+    activation: str = "linear"  # h on the scores: linear (LSA), relu, exp or softmax (kernel attention)
 
     @property
     def width(self) -> int:
@@ -50,8 +58,9 @@ class LSAShape:
         return torch.tensor([i for i in range(self.width) if i != self.d])
 
 
-class LinearAttention(nn.Module):
-    """One LSA layer with ``heads`` heads; ``kq()`` and ``pv()`` give the full (H, D, D) matrices."""
+class SelfAttention(nn.Module):
+    """One attention layer with ``heads`` heads and activation h on the scores; ``kq()`` and ``pv()`` give
+    the full (H, D, D) matrices."""
 
     def __init__(self, shape: LSAShape) -> None:
         super().__init__()
@@ -68,6 +77,7 @@ class LinearAttention(nn.Module):
         self.register_buffer("feature_embed", torch.eye(width)[:, shape.feature_index], persistent=False)
         self.register_buffer("label_unit", torch.eye(width)[shape.d].outer(torch.eye(width)[shape.d]), persistent=False)
         self.scores = HookPoint()
+        self.weights = HookPoint()
         self.out = HookPoint()
 
     def kq(self) -> Tensor:
@@ -84,17 +94,25 @@ class LinearAttention(nn.Module):
         return self.value.view(-1, 1, 1) * self.label_unit.to(self.value.dtype)
 
     def forward(self, tokens: Tensor, n: int) -> Tensor:
-        """tokens: (B, N, D), the first ``n`` are the context → the update (B, N, D)."""
+        """tokens: (B, N, D), the first ``n`` are the context → the update (B, N, D).
+
+        weights = h(scores)/n, or the row-normalised softmax of the scores for ``softmax``.
+        """
         keys = tokens[:, :n]  # (B, n, D): context only (the mask M)
-        if self.scores.listened:  # materialise the (N × n) scores only when a probe reads them
-            queries = tokens.unsqueeze(1) @ self.kq().transpose(-1, -2)  # (B, H, N, D): rows W_KQ z_j
-            scores = self.scores(queries @ keys.unsqueeze(1).transpose(-1, -2))  # (B, H, N, n)
-            values = keys.unsqueeze(1) @ self.pv().transpose(-1, -2)  # (B, H, n, D): rows W_PV z_i
-            return self.out((scores @ values).sum(1) / n)
-        # Same sum, reassociated: Σ_h W_PV^h (Σ_i z_i z_iᵀ) W_KQ^h z_j, cheaper when N·n > D².
-        gram = (keys.transpose(-1, -2) @ keys).unsqueeze(1)  # (B, 1, D, D)
-        mix = (self.pv() @ gram @ self.kq()).sum(1)  # (B, D, D)
-        return self.out(tokens @ mix.transpose(-1, -2) / n)
+        linear = self.shape.activation == "linear"
+        if linear and not (self.scores.listened or self.weights.listened):
+            # Σ_h W_PV^h (Σ_i z_i z_iᵀ) W_KQ^h z_j: the same sum reassociated, cheaper when N·n > D².
+            gram = (keys.transpose(-1, -2) @ keys).unsqueeze(1)  # (B, 1, D, D)
+            mix = (self.pv() @ gram @ self.kq()).sum(1)  # (B, D, D)
+            return self.out(tokens @ mix.transpose(-1, -2) / n)
+        queries = tokens.unsqueeze(1) @ self.kq().transpose(-1, -2)  # (B, H, N, D): rows W_KQ z_j
+        scores = self.scores(queries @ keys.unsqueeze(1).transpose(-1, -2))  # (B, H, N, n): z_iᵀ W_KQ z_j
+        if self.shape.activation == "softmax":
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            weights = ACTIVATIONS[self.shape.activation](scores) / n
+        values = keys.unsqueeze(1) @ self.pv().transpose(-1, -2)  # (B, H, n, D): rows W_PV z_i
+        return self.out((self.weights(weights) @ values).sum(1))
 
 
 class LSABlock(nn.Module):
@@ -102,7 +120,7 @@ class LSABlock(nn.Module):
 
     def __init__(self, shape: LSAShape) -> None:
         super().__init__()
-        self.attn = LinearAttention(shape)
+        self.attn = SelfAttention(shape)
         self.resid_post = HookPoint()
 
     def forward(self, tokens: Tensor, n: int) -> Tensor:
@@ -110,7 +128,8 @@ class LSABlock(nn.Module):
 
 
 class LSA(nn.Module):
-    """L layers of linear self-attention; hooks ``embed``, ``blocks.{l}.attn.scores`` (B, H, N, n),
+    """L layers of self-attention with activation h (linear: LSA; relu/exp/softmax: the kernel attention
+    of Cheng et al.); hooks ``embed``, ``blocks.{l}.attn.scores`` and ``.weights`` (B, H, N, n),
     ``blocks.{l}.attn.out`` and ``blocks.{l}.resid_post`` (B, N, D)."""
 
     token_format = "stacked"
@@ -119,6 +138,8 @@ class LSA(nn.Module):
         super().__init__()
         if shape.param not in ("full", "sparse"):
             raise ValueError(f"model.param must be one of full, sparse; got {shape.param!r}")
+        if shape.activation not in (*ACTIVATIONS, "softmax"):
+            raise ValueError(f"model.activation must be one of linear, relu, exp, softmax; got {shape.activation!r}")
         self.shape = shape
         self.embed = HookPoint()
         self.blocks = nn.ModuleList(LSABlock(shape) for _ in range(shape.layers))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from iclab.config import TaskConfig
+from iclab.tasks.gp import GPTask
 from iclab.tasks.linear import LinearTask
 
-Task = LinearTask  # the only family so far; later families share ``sample(batch, generator, …)``
+Task = LinearTask | GPTask  # every family has d, n, descriptor_dim and sample(batch, generator, …)
 
-TASKS = {"linear": LinearTask}
+TASKS = {"linear": LinearTask, "gp": GPTask}
 
 
 def make_task(cfg: TaskConfig, seed: int = 0) -> Task:
@@ -15,4 +16,4 @@ def make_task(cfg: TaskConfig, seed: int = 0) -> Task:
     return TASKS[cfg.name](cfg, seed)
 
 
-__all__ = ["LinearTask", "Task", "make_task"]
+__all__ = ["GPTask", "LinearTask", "Task", "make_task"]

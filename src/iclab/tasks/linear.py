@@ -4,9 +4,13 @@ x ~ N(μ, Λ) with Λ = Q diag(λ) Qᵀ: λ all ones (isotropic), a given diagon
 from 1 to 1/κ (``condition_number``); Q = I, one fixed random rotation, or a fresh one per prompt.
 w ~ N(0, Σ_w) with Σ_w = I, a given diagonal, or Λ⁻¹. μ = 0, μ ~ N(0, τ² I) per prompt, or one of K fixed
 means drawn once from N(0, τ² I). The descriptor given to the model is μ, or the one-hot index of μ.
+Labels are y = f(wᵀx) + ε with f the identity (linear regression) or a non-linear response (relu, tanh,
+cubic, square), optionally times a random sign ±1 drawn per prompt.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -33,6 +37,15 @@ def spectrum(cfg: TaskConfig) -> Tensor:
         exponents = torch.arange(cfg.d, dtype=torch.float64) / (cfg.d - 1)
         return cfg.condition_number ** (-exponents)
     return torch.ones(cfg.d, dtype=torch.float64)
+
+
+RESPONSES: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda t: t,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "cubic": lambda t: t**3,
+    "square": lambda t: t**2,
+}
 
 
 class LinearTask:
@@ -136,6 +149,8 @@ class LinearTask:
 
         xs, xq = draw_x(n), draw_x(m)
         noise = cfg.noise_std * torch.randn(batch, n + m, generator=generator, dtype=dtype)
-        ys = (xs @ w.unsqueeze(-1)).squeeze(-1) + noise[:, :n]
-        yq = (xq @ w.unsqueeze(-1)).squeeze(-1) + noise[:, n:]
-        return Prompts(xs=xs, ys=ys, xq=xq, yq=yq, descriptor=descriptor, w=w)
+        signal = RESPONSES[cfg.response](torch.cat([xs, xq], dim=1) @ w.unsqueeze(-1)).squeeze(-1)  # (B, n+m)
+        if cfg.random_sign:
+            signal = signal * (2 * torch.randint(2, (batch, 1), generator=generator) - 1).to(dtype)
+        labels = signal + noise
+        return Prompts(xs=xs, ys=labels[:, :n], xq=xq, yq=labels[:, n:], descriptor=descriptor, w=w)

@@ -1,0 +1,90 @@
+"""Kernel learners (Cheng, Chen, Sra 2024): functional gradient descent, kernel ridge, the GP posterior.
+
+Each holds a :class:`iclab.kernels.Kernel` and works on Gram blocks K_cc = K(xs, xs): (B, n, n) and
+K_qc = K(xq, xs): (B, m, n).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from iclab.kernels import Kernel
+from iclab.learners.base import Learner
+
+
+def functional_gd(k_cc: Tensor, k_qc: Tensor, ys: Tensor, steps: int, lr: float) -> Tensor:
+    """f₀ = 0, f_{ℓ+1} = f_ℓ + (lr/n) Σ_s K(·, x_s)(y_s − f_ℓ(x_s)); returns f_L at the queries (B, m).
+
+    The context residuals r_ℓ = y − f_ℓ(X) follow r_{ℓ+1} = r_ℓ − (lr/n) K_cc r_ℓ, and
+    f_L(x_q) = (lr/n) Σ_{ℓ<L} K_qc r_ℓ.
+    """
+    n = ys.shape[-1]
+    residual = ys.unsqueeze(-1)  # (B, n, 1)
+    prediction = torch.zeros_like(k_qc[..., :1])  # (B, m, 1)
+    for _ in range(steps):
+        prediction = prediction + (lr / n) * (k_qc @ residual)
+        residual = residual - (lr / n) * (k_cc @ residual)
+    return prediction.squeeze(-1)
+
+
+def kernel_ridge(k_cc: Tensor, k_qc: Tensor, ys: Tensor, alpha: float) -> Tensor:
+    """k_qᵀ (K + αI)⁻¹ y: (B, m)."""
+    eye = torch.eye(k_cc.shape[-1], dtype=k_cc.dtype, device=k_cc.device)
+    return (k_qc @ torch.linalg.solve(k_cc + alpha * eye, ys.unsqueeze(-1))).squeeze(-1)
+
+
+class FunctionalGD(Learner):
+    """``steps`` steps of functional gradient descent with step ``lr`` in the RKHS of ``kernel``."""
+
+    def __init__(self, kernel: Kernel, steps: int, lr: float) -> None:
+        if steps < 0:
+            raise ValueError(f"FunctionalGD.steps must be >= 0, got {steps}")
+        if not lr > 0:
+            raise ValueError(f"FunctionalGD.lr must be > 0, got {lr}")
+        self.kernel, self.steps, self.lr = kernel, int(steps), float(lr)
+        self.name = f"functional_gd({kernel}, steps={self.steps}, lr={self.lr:.4g})"
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return functional_gd(self.kernel(xs, xs), self.kernel(xq, xs), ys, self.steps, self.lr)
+
+
+class KernelRidge(Learner):
+    """Kernel ridge regression k_qᵀ (K + αI)⁻¹ y."""
+
+    def __init__(self, kernel: Kernel, alpha: float) -> None:
+        if not alpha > 0:
+            raise ValueError(f"KernelRidge.alpha must be > 0, got {alpha}")
+        self.kernel, self.alpha = kernel, float(alpha)
+        self.name = f"kernel_ridge({kernel}, alpha={self.alpha:g})"
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return kernel_ridge(self.kernel(xs, xs), self.kernel(xq, xs), ys, self.alpha)
+
+
+def psd_projection(gram: Tensor) -> Tensor:
+    """The nearest positive semi-definite matrix (negative eigenvalues set to 0): (..., N, N)."""
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    return (vectors * eigenvalues.clamp_min(0).unsqueeze(-2)) @ vectors.transpose(-1, -2)
+
+
+class GPPosterior(Learner):
+    """The posterior mean of a GP with ``kernel`` and noise σ given the context labels: the Bayes-optimal
+    predictor (squared loss) for iclab's GP tasks. Like the sampler, it projects the joint Gram matrix of
+    context and queries onto the PSD cone (this only matters for the ReLU kernel) and conditions on it,
+    Σ_qc (Σ_cc + σ²I)⁺ y; with σ = 0 the pseudo-inverse gives the minimum-norm interpolant."""
+
+    def __init__(self, kernel: Kernel, noise_std: float = 0.0) -> None:
+        if not noise_std >= 0:
+            raise ValueError(f"GPPosterior.noise_std must be >= 0, got {noise_std}")
+        self.kernel, self.noise_std = kernel, float(noise_std)
+        self.name = f"gp_posterior({kernel}, noise={self.noise_std:g})"
+
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        n = xs.shape[1]
+        points = torch.cat([xs, xq], dim=1).double()
+        joint = psd_projection(self.kernel(points, points))  # (B, n+m, n+m)
+        eye = torch.eye(n, dtype=joint.dtype, device=joint.device)
+        inverse = torch.linalg.pinv(joint[:, :n, :n] + self.noise_std**2 * eye, hermitian=True)
+        mean = joint[:, n:, :n] @ inverse @ ys.double().unsqueeze(-1)
+        return mean.squeeze(-1).to(ys.dtype)

@@ -1,0 +1,31 @@
+"""The quick sizes of the reproductions: their claims must hold (the full sizes are commands)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from iclab.cli import main
+
+
+def test_functional_gd_quick(tmp_path, capsys):
+    """Cheng et al.: ReLU attention beats linear attention on ReLU-kernel data, and linear beats ReLU on
+    linear-kernel data; a one-layer model sits near one step of functional GD with its own kernel."""
+    out = tmp_path / "fgd"
+    assert main(["reproduce", "functional_gd", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "NO" not in printed and printed.count("yes") == 2
+    results = pd.read_csv(out / "results.csv").set_index(["kernel", "activation"])["loss"]
+    assert results["relu", "relu"] < results["relu", "linear"]
+    assert results["linear", "linear"] < results["linear", "relu"]
+    matches = pd.read_csv(out / "layer_match.csv").set_index(["kernel", "activation"])["relative_difference"]
+    assert matches["linear", "linear"] < 0.1  # the trained 1-layer LSA ≈ one functional-GD (= GD) step
+    for name in ("heatmap.png", "layers.png", "context.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+    assert "Claim checks" in (out / "report.md").read_text()
+    # a second call reuses the finished runs
+    assert main(["reproduce", "functional_gd", "--quick", "--out", str(out), "--quiet"]) == 0
+
+
+def test_unknown_recipe_exits_2(capsys):
+    assert main(["reproduce", "nope", "--quick"]) == 2
+    assert "functional_gd" in capsys.readouterr().err
