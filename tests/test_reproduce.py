@@ -29,3 +29,14 @@ def test_functional_gd_quick(tmp_path, capsys):
 def test_unknown_recipe_exits_2(capsys):
     assert main(["reproduce", "nope", "--quick"]) == 2
     assert "functional_gd" in capsys.readouterr().err
+
+
+def test_mlp_lsa_quick(tmp_path, capsys):
+    """Kim & Suzuki: MLP + LSA learns y = (wᵀx)² in context, plain LSA stays at the zero predictor."""
+    out = tmp_path / "mlp"
+    assert main(["reproduce", "mlp_lsa", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert "NO" not in capsys.readouterr().out
+    results = pd.read_csv(out / "results.csv").set_index(["response", "model"])
+    square = results.loc["square"]
+    assert square.loc["mlp_lsa", "loss"] < min(square.loc["lsa", "loss"], square.loc["mlp_lsa", "context_mean_loss"])
+    assert results.loc[("relu", "mlp_lsa"), "loss"] < results.loc[("relu", "lsa"), "loss"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from iclab.experiments import functional_gd
+from iclab.experiments import functional_gd, mlp_lsa
 
-RECIPES: dict[str, Callable[..., dict]] = {"functional_gd": functional_gd.run}
+RECIPES: dict[str, Callable[..., dict]] = {"functional_gd": functional_gd.run, "mlp_lsa": mlp_lsa.run}
 
 
 def reproduce(name: str, out: Path, quick: bool = False, device: str = "cpu", progress: bool = True) -> dict:
