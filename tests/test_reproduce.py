@@ -40,3 +40,15 @@ def test_mlp_lsa_quick(tmp_path, capsys):
     square = results.loc["square"]
     assert square.loc["mlp_lsa", "loss"] < min(square.loc["lsa", "loss"], square.loc["mlp_lsa", "context_mean_loss"])
     assert results.loc[("relu", "mlp_lsa"), "loss"] < results.loc[("relu", "lsa"), "loss"]
+
+
+def test_nonlinear_responses_quick(tmp_path, capsys):
+    """Mahankali et al.: for ReLU and tanh responses the trained one-layer LSA is one GD step, Γ ≈ η* I with
+    the exact η* of iclab.theory.nonlinear."""
+    out = tmp_path / "nonlinear"
+    assert main(["reproduce", "nonlinear_responses", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert "NO" not in capsys.readouterr().out
+    results = pd.read_csv(out / "results.csv").set_index("response")
+    assert (results["gamma_gap"] < 0.15).all() and (results["off_diagonal_share"] < 0.1).all()
+    excess = results["exact_loss_trained"] / results["exact_loss_optimum"] - 1
+    assert (excess >= -1e-12).all() and (excess < 0.02).all()  # the exact loss: never below the optimum

@@ -94,7 +94,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     outcome = reproduce(args.name, out, quick=args.quick, device=_check_device(args.device), progress=not args.quiet)
     for claim, ok in outcome["checks"].items():
         print(f"{'yes' if ok else 'NO '}  {claim}")
-    print(f"report: {out / 'report.md'}; figures: {out / 'figures'}")
+    figures = f"; figures: {out / 'figures'}" if (out / "figures").is_dir() else ""
+    print(f"report: {out / 'report.md'}{figures}")
     return 0
 
 
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         help="reproduce a published result (a grid of runs, figures, report.md)",
         description="Reproduce a published claim: trains its grid of runs (resumable), evaluates them beside "
-        "the reference algorithms and writes results.csv, figures/ and report.md. Recipes: functional_gd, mlp_lsa.",
+        "the reference algorithms and writes results.csv, figures/ and report.md. "
+        "Recipes: functional_gd, mlp_lsa, nonlinear_responses.",
     )
     rep.add_argument("name", help="recipe name, e.g. functional_gd")
     rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")
@@ -177,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(demo)
     demo.set_defaults(func=cmd_demo)
+
+    from iclab.theory.cli import register as register_theory
+
+    register_theory(verbs)
     return parser
 
 

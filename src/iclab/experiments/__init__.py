@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from iclab.experiments import functional_gd, mlp_lsa
+from iclab.experiments import functional_gd, mlp_lsa, nonlinear_responses
 
-RECIPES: dict[str, Callable[..., dict]] = {"functional_gd": functional_gd.run, "mlp_lsa": mlp_lsa.run}
+RECIPES: dict[str, Callable[..., dict]] = {
+    "functional_gd": functional_gd.run,
+    "mlp_lsa": mlp_lsa.run,
+    "nonlinear_responses": nonlinear_responses.run,
+}
 
 
 def reproduce(name: str, out: Path, quick: bool = False, device: str = "cpu", progress: bool = True) -> dict:

@@ -1,15 +1,24 @@
-"""One-layer LSA theory for isotropic linear regression (Mahankali, Hashimoto, Ma 2024).
+"""One-layer LSA theory: the exact population loss of ŷ = x_qᵀ Γ h, h = (1/n) Σ_i y_i x_i, and its optimum.
 
-With x ~ N(0, I_d), w ~ N(0, I_d), noise ε ~ N(0, σ²) on context and query labels, the best one-layer LSA
-is one GD step ŷ = η x_qᵀ (1/n) Σ y_i x_i with η* = n/(n + d + 1 + σ²) and population loss
-L* = d(d + 1 + σ²)/(n + d + 1 + σ²) + σ².
+With x ~ N(0, Λ), w ~ N(0, Σ_w), y = wᵀx + ε, ε ~ N(0, σ²) on context and query labels (derivation in
+docs/theory.md):
+
+    M = E[h hᵀ] = (1 + 1/n) Λ Σ_w Λ + ((tr(Λ Σ_w) + σ²)/n) Λ
+    L(Γ) = E(ŷ − y_q)² = tr(Γᵀ Λ Γ M) − 2 tr(Γ Λ Σ_w Λ) + tr(Λ Σ_w) + σ²
+    Γ* = Σ_w Λ M⁻¹,  L* = tr(Λ Σ_w) + σ² − tr(Γ* Λ Σ_w Λ)
+
+n = math.inf is allowed (1/n = 0: Γ* = Λ⁻¹, L* = σ²). Isotropic case (Mahankali, Hashimoto, Ma 2024):
+Γ* = n/(n + d + 1 + σ²) I, L* = d(d + 1 + σ²)/(n + d + 1 + σ²) + σ².
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from iclab.config import TaskConfig
+from iclab.theory.checks import as_matrix, as_spd, check_n, check_nonnegative
 
 
 @dataclass(frozen=True)
@@ -18,6 +27,22 @@ class GDOptimum:
 
     lr: float
     loss: float
+
+
+@dataclass(frozen=True)
+class LSAOptimum:
+    """The optimal preconditioner ``gamma`` (d, d) of ŷ = x_qᵀ Γ h and its population loss ``loss``."""
+
+    gamma: np.ndarray
+    loss: float
+
+    @property
+    def step_size(self) -> float | None:
+        """η when Γ* = η I (one plain GD step), else None."""
+        eta = float(np.trace(self.gamma)) / self.gamma.shape[0]
+        scale = max(abs(eta), 1e-300)
+        is_scalar = np.allclose(self.gamma, eta * np.eye(self.gamma.shape[0]), rtol=0, atol=1e-10 * scale)
+        return eta if is_scalar else None
 
 
 def isotropic_gd_optimum(d: int, n: int, noise_std: float = 0.0) -> GDOptimum:
@@ -44,3 +69,43 @@ def isotropic_reference(task: TaskConfig) -> dict[str, float]:
     if not covered:
         return {}
     return {"optimal 1-layer LSA (theory)": isotropic_gd_optimum(task.d, task.n, task.noise_std).loss}
+
+
+def _inputs(
+    n: float, x_cov: object, w_cov: object | None, noise_std: float
+) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """Validated (1/n, Λ, Σ_w, σ²)."""
+    inv_n = check_n(n)
+    lam = as_spd(x_cov, "x_cov")
+    d = lam.shape[0]
+    sigma_w = np.eye(d) if w_cov is None else as_spd(w_cov, "w_cov", d)
+    return inv_n, lam, sigma_w, check_nonnegative(noise_std, "noise_std") ** 2
+
+
+def _moment(inv_n: float, lam: np.ndarray, sigma_w: np.ndarray, noise_var: float) -> np.ndarray:
+    signal = lam @ sigma_w @ lam
+    return (1 + inv_n) * signal + inv_n * (np.trace(lam @ sigma_w) + noise_var) * lam
+
+
+def lsa_moment(n: float, x_cov: object, w_cov: object | None = None, noise_std: float = 0.0) -> np.ndarray:
+    """M = E[h hᵀ] (d, d) of h = (1/n) Σ_i y_i x_i."""
+    return _moment(*_inputs(n, x_cov, w_cov, noise_std))
+
+
+def lsa_loss(gamma: object, n: float, x_cov: object, w_cov: object | None = None, noise_std: float = 0.0) -> float:
+    """Exact E(x_qᵀ Γ h − y_q)² (no ½) for Γ = ``gamma`` (d, d), x ~ N(0, x_cov), w ~ N(0, w_cov or I)."""
+    inv_n, lam, sigma_w, noise_var = _inputs(n, x_cov, w_cov, noise_std)
+    g = as_matrix(gamma, "gamma", lam.shape)
+    moment = _moment(inv_n, lam, sigma_w, noise_var)
+    quadratic = np.trace(g.T @ lam @ g @ moment)
+    linear = np.trace(g @ lam @ sigma_w @ lam)
+    return float(quadratic - 2 * linear + np.trace(lam @ sigma_w) + noise_var)
+
+
+def lsa_optimum(n: float, x_cov: object, w_cov: object | None = None, noise_std: float = 0.0) -> LSAOptimum:
+    """Γ* = Σ_w Λ M⁻¹ and L* for the one-layer LSA (any SPD ``x_cov``, ``w_cov``; n may be math.inf)."""
+    inv_n, lam, sigma_w, noise_var = _inputs(n, x_cov, w_cov, noise_std)
+    moment = _moment(inv_n, lam, sigma_w, noise_var)
+    gamma = np.linalg.solve(moment.T, (sigma_w @ lam).T).T  # Σ_w Λ M⁻¹
+    loss = np.trace(lam @ sigma_w) + noise_var - np.trace(gamma @ lam @ sigma_w @ lam)
+    return LSAOptimum(gamma=gamma, loss=float(loss))

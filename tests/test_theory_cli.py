@@ -1,0 +1,106 @@
+"""``iclab theory``: optimum, compare, flow, descriptors, nonlinear; bad values exit with code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from iclab.cli import main
+from iclab.rundir import load_model
+from iclab.theory import effective_gamma, lsa_loss, lsa_optimum, task_problem
+
+TINY = ["task.d=3", "task.n=8", "train.steps=40", "train.batch_size=128", "eval.batch_size=200", "eval.every=40"]
+
+
+def run_json(argv, capsys):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_optimum_json_and_text(capsys):
+    got = run_json(
+        ["theory", "optimum", "--d", "3", "--n", "20", "--noise", "0.5", "--x-cov-diag", "2,1,0.25", "--json"], capsys
+    )
+    expected = lsa_optimum(20, np.diag([2, 1, 0.25]), noise_std=0.5)
+    np.testing.assert_allclose(got["gamma"], expected.gamma, rtol=1e-12)
+    assert got["loss"] == pytest.approx(expected.loss) and got["step_size"] is None
+    assert main(["theory", "optimum", "--d", "5", "--n", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "step size η = 0.769231" in text and "L* = 1.15385" in text  # 20/26, 30/26
+    assert run_json(["theory", "optimum", "--d", "2", "--n", "inf", "--json"], capsys)["loss"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["theory", "optimum", "--d", "3", "--n", "x"], "--n must be an integer >= 1 or inf"),
+        (["theory", "optimum", "--d", "3", "--n", "5", "--x-cov-diag", "1,2"], "--x-cov-diag needs 3 values"),
+        (["theory", "optimum", "--d", "2", "--n", "5", "--x-cov-diag", "1,-2"], "comma-separated positive"),
+        (["theory", "optimum", "--d", "2", "--n", "5", "--noise", "-1"], "noise_std must be a finite number >= 0"),
+        (["theory", "compare", "{tmp}"], "holds no trained model"),
+        (["theory", "flow", "task.d=0", "--out", "{tmp}/f.png"], "task.d must be >= 1"),
+        (["theory", "flow", "--init", "ones", "--out", "{tmp}/f.png"], "init must be one of"),
+    ],
+)
+def test_usage_errors_exit_2(argv, fragment, tmp_path, capsys):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_compare_a_trained_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "model.layers=1", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    got = run_json(["theory", "compare", str(out), "--json"], capsys)
+    model, cfg, _ = load_model(out)
+    gamma, opt = effective_gamma(model), lsa_optimum(8, np.eye(3))
+    assert got["optimal_loss"] == pytest.approx(opt.loss, rel=1e-12)  # 3·4/12 = 1
+    assert got["model_exact_loss"] == pytest.approx(lsa_loss(gamma, 8, np.eye(3)), rel=1e-12)
+    assert got["relative_distance"] == pytest.approx(np.linalg.norm(gamma - opt.gamma) / np.linalg.norm(opt.gamma))
+    assert got["gap"] == pytest.approx(got["trained_loss"] - opt.loss)
+    assert main(["theory", "compare", str(out)]) == 0
+    assert "‖Γ − Γ*‖_F / ‖Γ*‖_F" in capsys.readouterr().out
+
+
+def test_compare_a_descriptor_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["task.x_mean_std=1", "task.descriptor=mean", "model.param=sparse", "model.init=balanced"]
+    assert main(["train", *TINY, *extra, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    got = run_json(["theory", "compare", str(out), "--json"], capsys)
+    _, cfg, _ = load_model(out)
+    assert got["weights"] == "B"
+    assert got["optimal_loss"] == pytest.approx(task_problem(cfg.task).optimum()[1], rel=1e-12)
+    assert got["model_exact_loss"] >= got["optimal_loss"]
+    assert main(["theory", "compare", str(tmp_path / "missing")]) == 2
+
+
+def test_flow_writes_the_figure(tmp_path, capsys):
+    figure = tmp_path / "flow.png"
+    argv = ["theory", "flow", "task.d=2", "task.n=6", "--t-max", "200", "--sgd-steps", "20", "--sgd-lr", "0.01"]
+    got = run_json([*argv, "--sgd-batch", "200", "--out", str(figure), "--json"], capsys)
+    assert abs(got["final_gap"]) < 1e-6 and got["time_to_1e-6"] is not None
+    assert got["sgd_final_loss"] < got["initial_loss"]
+    assert figure.stat().st_size > 10_000
+    got = run_json(["theory", "flow", "task.d=2", "task.x_mean_std=1", "task.descriptor=mean", "--n-infinite",
+                    "--out", str(figure), "--json"], capsys)  # fmt: skip
+    assert abs(got["optimal_loss"]) < 1e-10 and abs(got["final_gap"]) < 1e-6
+
+
+def test_descriptor_and_nonlinear_tables(capsys):
+    rows = run_json(["theory", "descriptors", "--d", "3", "--n", "10,inf", "--json"], capsys)
+    assert [r["n"] for r in rows] == [10, "inf"]
+    assert rows[0]["gap"] > 0 and abs(rows[1]["with"]) < 1e-10
+    assert rows[1]["xx"] == pytest.approx(1.0) and rows[1]["sx"] == pytest.approx(-1.0)  # standardisation
+    rows = run_json(["theory", "nonlinear", "--d", "3", "--n", "10", "--json"], capsys)
+    steps = {r["response"]: r["step_size"] for r in rows}
+    assert steps["identity"] == pytest.approx(10 / 14) and steps["relu"] == pytest.approx(10 / 19)
+    assert all(r["loss"] <= r["loss_linear_step"] + 1e-12 for r in rows)
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["theory", "--help"])
+    assert info.value.code == 0 and "optimum" in capsys.readouterr().out
