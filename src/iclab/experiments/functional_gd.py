@@ -12,7 +12,7 @@ matching kernel and L steps (step size tuned on separate prompts) and the Bayes-
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,11 +22,11 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import error_curve, query_loss
-from iclab.experiments.grid import train_grid
+from iclab.experiments.grid import report_text, train_grid, training_overrides
 from iclab.kernels import Kernel
 from iclab.learners import FunctionalGD, GPPosterior, from_model
 from iclab.models import run_with_cache
-from iclab.plots import markdown_table, save_figure
+from iclab.plots import save_figure
 from iclab.prompts import Prompts
 from iclab.rundir import atomic_write_text
 from iclab.seeding import make_generator
@@ -71,13 +71,7 @@ def run_specs(size: Size) -> dict[str, list[str]]:
                     f"model.activation={activation}",
                     "model.param=sparse",
                     f"model.layers={layers}",
-                    f"train.steps={size.steps}",
-                    f"train.batch_size={size.batch_size}",
-                    f"train.lr={size.lr}",
-                    "train.grad_clip=1.0",
-                    f"train.log_every={max(size.steps // 50, 1)}",
-                    f"eval.every={max(size.steps // 5, 1)}",
-                    "eval.batch_size=1000",
+                    *training_overrides(size.steps, size.batch_size, size.lr),
                 ]
     return specs
 
@@ -202,20 +196,6 @@ def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path)
     save_figure(fig, figures / "context.png")
 
 
-def report(size: Size, results: pd.DataFrame, matches: pd.DataFrame, checks: dict[str, bool], quick: bool) -> str:
-    """report.md: settings, the loss table, claim checks and the layer-by-layer match."""
-    lines = [f"# Functional GD reproduction ({'quick' if quick else 'full'} size)", "", "Settings:", ""]
-    lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
-    lines += ["- x uniform on the sphere; noise-free GP labels; exp kernel scale 1; kernel attention, sparse form",
-              "", "## Query MSE (mean over test prompts)", "", markdown_table(results), "",
-              "## Claim checks (deepest models)", ""]  # fmt: skip
-    lines += [f"- {claim}: {'yes' if ok else 'NO'}" for claim, ok in checks.items()]
-    if len(matches):
-        lines += ["", "## Layer ℓ read-out vs ℓ steps of functional GD (best step size per layer)", ""]
-        lines += [markdown_table(matches)]
-    return "\n".join(lines) + "\n"
-
-
 def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Train the grid, evaluate, write results.csv, layer_match.csv, figures/ and report.md into ``out``."""
     size = QUICK if quick else FULL
@@ -225,5 +205,11 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
     atomic_write_text(out / "layer_match.csv", matches.to_csv(index=False))
     plot_results(size, results, curves, out / "figures")
-    atomic_write_text(out / "report.md", report(size, results, matches, checks, quick))
+    tables = {"Query MSE (mean over test prompts)": results}
+    if len(matches):
+        tables["Layer ℓ read-out vs ℓ steps of functional GD (best step size per layer)"] = matches
+    setting = "x uniform on the sphere; noise-free GP labels; exp kernel scale 1; kernel attention, sparse form"
+    atomic_write_text(
+        out / "report.md", report_text("Functional GD reproduction", quick, size, setting, tables, checks)
+    )
     return {"results": results, "layer_match": matches, "checks": checks}

@@ -1,10 +1,13 @@
-"""Train a grid of runs: one run dir per named config under ``root``, finished runs skipped."""
+"""What every recipe shares: its training overrides, training a grid of runs (one run dir per named config
+under ``root``, finished runs skipped), and the layout of report.md."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from iclab.config import parse_config
+from iclab.plots import markdown_table
 from iclab.rundir import load_model
 from iclab.train import train
 
@@ -19,3 +22,29 @@ def train_grid(specs: dict[str, list[str]], root: Path, device: str = "cpu", pro
         train(parse_config({}, overrides), root / run_id, device=device, progress=progress, log=lambda _: None)
         models[run_id] = load_model(root / run_id, device=device)[0]
     return models
+
+
+def training_overrides(steps: int, batch_size: int, lr: float) -> list[str]:
+    """Adam with gradient clipping 1.0; 50 metrics rows and 5 held-out evaluations (1000 prompts) per run."""
+    return [
+        f"train.steps={steps}",
+        f"train.batch_size={batch_size}",
+        f"train.lr={lr}",
+        "train.grad_clip=1.0",
+        f"train.log_every={max(steps // 50, 1)}",
+        f"eval.every={max(steps // 5, 1)}",
+        "eval.batch_size=1000",
+    ]
+
+
+def report_text(title: str, quick: bool, size: object, setting: str, tables: dict, checks: dict[str, bool]) -> str:
+    """report.md: the title and size, every field of the ``size`` dataclass, a line on the ``setting``, each
+    ``{heading: DataFrame}`` as a markdown table, and the claim checks (yes/NO)."""
+    lines = [f"# {title} ({'quick' if quick else 'full'} size)", "", "Settings:", ""]
+    lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
+    lines += [f"- {setting}"]
+    for heading, table in tables.items():
+        lines += ["", f"## {heading}", "", markdown_table(table)]
+    lines += ["", "## Claim checks", ""]
+    lines += [f"- {claim}: {'yes' if ok else 'NO'}" for claim, ok in checks.items()]
+    return "\n".join(lines) + "\n"

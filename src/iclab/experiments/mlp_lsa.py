@@ -11,7 +11,7 @@ query MSE divided by the zero predictor's E[y_q²], beside the mean of the conte
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -20,9 +20,9 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import query_loss
-from iclab.experiments.grid import train_grid
+from iclab.experiments.grid import report_text, train_grid, training_overrides
 from iclab.learners import from_model
-from iclab.plots import markdown_table, save_figure
+from iclab.plots import save_figure
 from iclab.rundir import atomic_write_text
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
@@ -43,7 +43,7 @@ class Size:
     lr: float = 0.003
 
 
-FULL = Size(d=5, n=40, steps=6000, batch_size=512, mlp_hidden=128, feature_dim=32, eval_prompts=20000)
+FULL = Size(d=5, n=40, steps=3000, batch_size=512, mlp_hidden=128, feature_dim=32, eval_prompts=20000)
 QUICK = Size(d=3, n=30, steps=600, batch_size=256, mlp_hidden=48, feature_dim=12, eval_prompts=4000)
 
 
@@ -62,13 +62,7 @@ def run_specs(size: Size) -> dict[str, list[str]]:
                 *task_overrides(size, response),
                 *model_overrides,
                 *(extra if model == "mlp_lsa" else []),
-                f"train.steps={size.steps}",
-                f"train.batch_size={size.batch_size}",
-                f"train.lr={size.lr}",
-                "train.grad_clip=1.0",
-                f"train.log_every={max(size.steps // 50, 1)}",
-                f"eval.every={max(size.steps // 5, 1)}",
-                "eval.batch_size=1000",
+                *training_overrides(size.steps, size.batch_size, size.lr),
             ]
     return specs
 
@@ -122,10 +116,7 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
     }
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
     plot_relative_losses(results, out / "figures" / "relative_loss.png")
-    lines = [f"# MLP + LSA reproduction ({'quick' if quick else 'full'} size)", "", "Settings:", ""]
-    lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
-    lines += ["- w ~ N(0, I/d); relu labels carry a random sign per prompt; one LSA layer in both models", ""]
-    lines += ["## Query MSE (relative_loss = loss / E[y_q²])", "", markdown_table(results), "", "## Claim checks", ""]
-    lines += [f"- {claim}: {'yes' if ok else 'NO'}" for claim, ok in checks.items()]
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    setting = "w ~ N(0, I/d); relu labels carry a random sign per prompt; one LSA layer in both models"
+    tables = {"Query MSE (relative_loss = loss / E[y_q²])": results}
+    atomic_write_text(out / "report.md", report_text("MLP + LSA reproduction", quick, size, setting, tables, checks))
     return {"results": results, "checks": checks}

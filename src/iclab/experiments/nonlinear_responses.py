@@ -9,7 +9,7 @@ Monte Carlo loss beside one GD step with step η* on the same prompts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,8 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import query_loss
-from iclab.experiments.grid import train_grid
+from iclab.experiments.grid import report_text, train_grid, training_overrides
 from iclab.learners import GradientDescent, from_model
-from iclab.plots import markdown_table
 from iclab.rundir import atomic_write_text
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
@@ -49,20 +48,20 @@ def task_overrides(size: Size, response: str) -> list[str]:
 
 
 def run_specs(size: Size) -> dict[str, list[str]]:
-    return {
-        f"{response}_lsa": [
+    """One run per response. Cubic labels are heavy-tailed (E y² = 15 d(d+2)(d+4), 4725 at d = 5): they get
+    4× the batch and the sparse parameterisation from a balanced init — the full one, whose extra blocks see
+    y², stalled far from Γ* (Γ ≈ 0.10 I against η* = 0.54 after 8000 steps of 4096 prompts)."""
+    specs = {}
+    for response in size.responses:
+        heavy = response == "cubic"
+        model = ["model.param=sparse", "model.init=balanced"] if heavy else []
+        specs[f"{response}_lsa"] = [
             *task_overrides(size, response),
             "model.layers=1",
-            f"train.steps={size.steps}",
-            f"train.batch_size={size.batch_size}",
-            f"train.lr={size.lr}",
-            "train.grad_clip=1.0",
-            f"train.log_every={max(size.steps // 50, 1)}",
-            f"eval.every={max(size.steps // 5, 1)}",
-            "eval.batch_size=1000",
+            *model,
+            *training_overrides(size.steps, size.batch_size * (4 if heavy else 1), size.lr),
         ]
-        for response in size.responses
-    }
+    return specs
 
 
 def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True) -> dict:
@@ -95,10 +94,8 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
         for r in results.itertuples()
     }
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
-    lines = [f"# Non-linear responses, one-layer LSA ({'quick' if quick else 'full'} size)", "", "Settings:", ""]
-    lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
-    lines += ["- x, w ~ N(0, I); noise-free; full parameterisation; Adam with gradient clipping 1.0", ""]
-    lines += ["## Trained Γ vs the exact optimum Γ* = η* I", "", markdown_table(results), "", "## Claim checks", ""]
-    lines += [f"- {claim}: {'yes' if ok else 'NO'}" for claim, ok in checks.items()]
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    setting = "x, w ~ N(0, I); noise-free; full parameterisation (cubic: sparse); Adam, gradient clipping 1.0"
+    tables = {"Trained Γ vs the exact optimum Γ* = η* I": results}
+    title = "Non-linear responses, one-layer LSA"
+    atomic_write_text(out / "report.md", report_text(title, quick, size, setting, tables, checks))
     return {"results": results, "checks": checks}
