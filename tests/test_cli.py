@@ -80,3 +80,18 @@ def test_demo_quick(tmp_path, capsys):
     assert "one GD step" in printed and "least squares" in printed and "error_curve.png" in printed
     lsa, gd, ols = losses.values()
     assert ols < 1e-6 < gd <= lsa < 2 * gd  # 300 steps: near, not yet at, the optimal GD step
+
+
+def test_kernel_learner_specs():
+    gp = make_task(task_config("gp_exp_noisy"), seed=0)
+    fgd = parse_learner("fgd:steps=3:lr=0.5", gp)
+    assert (fgd.kernel.name, fgd.kernel.scale, fgd.steps, fgd.lr) == ("exp", 2.0, 3, 0.5)
+    assert parse_learner("kernel_ridge:kernel=relu", gp).kernel.scale == 1.0
+    assert parse_learner("gp_posterior", gp).noise_std == pytest.approx(0.1)
+    linear = make_task(task_config("isotropic"), seed=0)
+    with pytest.raises(LearnerSpecError, match="gp_posterior needs task.name=gp"):
+        parse_learner("gp_posterior", linear)
+    with pytest.raises(LearnerSpecError, match="pgd preconditions"):
+        parse_learner("pgd", gp)
+    with pytest.raises(LearnerSpecError, match="kernel must be one of"):
+        parse_learner("fgd:kernel=poly", gp)
