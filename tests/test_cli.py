@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +97,12 @@ def test_kernel_learner_specs():
         parse_learner("pgd", gp)
     with pytest.raises(LearnerSpecError, match="kernel must be one of"):
         parse_learner("fgd:kernel=poly", gp)
+
+
+def test_help_lists_every_learner_spec_and_imports_no_torch():
+    from iclab.cli import EVAL_LEARNERS
+    from iclab.learners.specs import SPEC_NAMES
+
+    assert EVAL_LEARNERS == SPEC_NAMES
+    code = "import sys, iclab.cli; iclab.cli.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

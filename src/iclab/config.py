@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from iclab.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A bad configuration value; the message names the key, the allowed values and what was given."""
 
 

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from iclab.config import Config, ConfigError, config_to_dict, config_to_yaml, parse_config
+from iclab.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
@@ -36,7 +37,7 @@ TEMP_MARK = ".tmp-"
 CHECKPOINT_MAGIC = b"ICLABCK1"
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """A run directory that cannot be used as asked (wrong config, missing or corrupted files)."""
 
 

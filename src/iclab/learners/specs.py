@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from iclab.errors import UserError
 from iclab.kernels import Kernel
 from iclab.learners.base import Learner
 from iclab.learners.kernel import FunctionalGD, GPPosterior, KernelRidge
@@ -41,7 +42,7 @@ SPEC_KEYS: dict[str, set[str]] = {
 SPEC_NAMES = tuple(SPEC_KEYS)
 
 
-class LearnerSpecError(ValueError):
+class LearnerSpecError(UserError):
     """A learner spec that names an unknown learner or hyper-parameter, or a bad value."""
 
 

@@ -13,22 +13,15 @@ import torch
 from iclab.config import TaskConfig
 from iclab.kernels import Kernel
 from iclab.prompts import Prompts
+from iclab.tasks.base import Sampler
 
 
-class GPTask:
+class GPTask(Sampler):
     """Sampler of GP-function prompts; nothing is fixed across prompts, so ``seed`` is unused."""
 
     def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
         self.cfg = cfg
         self.kernel = Kernel(cfg.kernel, cfg.kernel_scale)
-
-    @property
-    def d(self) -> int:
-        return self.cfg.d
-
-    @property
-    def n(self) -> int:
-        return self.cfg.n
 
     @property
     def descriptor_dim(self) -> int:

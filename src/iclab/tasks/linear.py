@@ -18,6 +18,7 @@ from torch import Tensor
 from iclab.config import TaskConfig
 from iclab.prompts import Prompts
 from iclab.seeding import make_generator
+from iclab.tasks.base import Sampler
 
 
 def random_rotation(batch: int, d: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
@@ -48,7 +49,7 @@ RESPONSES: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-class LinearTask:
+class LinearTask(Sampler):
     """Sampler of linear-regression prompts; fixed parts (rotation, the K means) come from ``seed``."""
 
     def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
@@ -61,14 +62,6 @@ class LinearTask:
             if cfg.n_means > 0
             else None
         )  # (K, d)
-
-    @property
-    def d(self) -> int:
-        return self.cfg.d
-
-    @property
-    def n(self) -> int:
-        return self.cfg.n
 
     @property
     def descriptor_dim(self) -> int:

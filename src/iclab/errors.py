@@ -1,0 +1,5 @@
+"""The one exception family for bad user input: the CLI prints its one-line message and exits with code 2."""
+
+
+class UserError(ValueError):
+    """Bad user input (a config value, a command-line argument, an unusable run dir, a learner spec)."""
