@@ -7,6 +7,7 @@ import torch
 
 from conftest import task_config
 from iclab.config import parse_config
+from iclab.constructions import gd_model
 from iclab.learners import GradientDescent, from_model
 from iclab.models import LSA, LSAShape, build_model, hook_names, run_with_cache
 from iclab.prompts import interleaved_tokens, stacked_tokens
@@ -20,21 +21,11 @@ def sample(variant: str = "isotropic", *extra: str, batch: int = 4):
     return task, task.sample(batch, torch.Generator().manual_seed(3), dtype=F64)
 
 
-def gd_construction(d: int, layers: int, lr: float) -> LSA:
-    """von Oswald et al.: W_KQ = I on x, W_PV = −lr on the label, in every layer."""
-    model = LSA(LSAShape(d=d, layers=layers, param="sparse")).double()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.kq_block.copy_(torch.eye(d, dtype=F64).unsqueeze(0))
-            block.attn.value.fill_(-lr)
-    return model
-
-
 @pytest.mark.parametrize("layers", [1, 2, 3])
 @pytest.mark.parametrize("lr", [0.3, 0.9])
 def test_gd_construction_equals_gradient_descent(layers, lr):
     _, p = sample("many_queries", "task.d=4")
-    model = gd_construction(4, layers, lr)
+    model = gd_model(4, layers, lr)  # von Oswald et al.: W_KQ = I on x, W_PV = −lr on the label
     got = model.predict(p.xs, p.ys, p.xq)
     expected = GradientDescent(layers, lr).predict(p.xs, p.ys, p.xq)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

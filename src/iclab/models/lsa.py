@@ -30,10 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from iclab.kernels import KERNELS, Kernel
 from iclab.models.hooks import HookPoint
 from iclab.prompts import stacked_tokens
-
-ACTIVATIONS = {"linear": lambda s: s, "relu": torch.relu, "exp": torch.exp}
 
 
 @dataclass
@@ -110,7 +109,7 @@ class SelfAttention(nn.Module):
         if self.shape.activation == "softmax":
             weights = torch.softmax(scores, dim=-1)
         else:
-            weights = ACTIVATIONS[self.shape.activation](scores) / n
+            weights = Kernel(self.shape.activation).activation(scores) / n
         values = keys.unsqueeze(1) @ self.pv().transpose(-1, -2)  # (B, H, n, D): rows W_PV z_i
         return self.out((self.weights(weights) @ values).sum(1))
 
@@ -138,7 +137,7 @@ class LSA(nn.Module):
         super().__init__()
         if shape.param not in ("full", "sparse"):
             raise ValueError(f"model.param must be one of full, sparse; got {shape.param!r}")
-        if shape.activation not in (*ACTIVATIONS, "softmax"):
+        if shape.activation not in (*KERNELS, "softmax"):
             raise ValueError(f"model.activation must be one of linear, relu, exp, softmax; got {shape.activation!r}")
         self.shape = shape
         self.embed = HookPoint()
