@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
 
 from iclab.cli import main
+from iclab.experiments.grid import train_grid
 
 
 def test_functional_gd_quick(tmp_path, capsys):
@@ -52,3 +54,22 @@ def test_nonlinear_responses_quick(tmp_path, capsys):
     assert (results["gamma_gap"] < 0.15).all() and (results["off_diagonal_share"] < 0.1).all()
     excess = results["exact_loss_trained"] / results["exact_loss_optimum"] - 1
     assert (excess >= -1e-12).all() and (excess < 0.02).all()  # the exact loss: never below the optimum
+
+
+def test_train_grid_in_worker_processes_matches_sequential(tmp_path):
+    """--jobs trains in spawned workers; the weights equal a sequential run's (same config and seed)."""
+    specs = {
+        f"L{layers}": ["task.d=3", "task.n=6", f"model.layers={layers}", "train.steps=5", "train.batch_size=16",
+                       "eval.batch_size=32"]
+        for layers in (1, 2)
+    }  # fmt: skip
+    sequential = train_grid(specs, tmp_path / "seq", progress=False)
+    parallel = train_grid(specs, tmp_path / "par", progress=False, jobs=2)
+    for run_id, model in sequential.items():
+        for (name, a), b in zip(model.state_dict().items(), parallel[run_id].state_dict().values(), strict=True):
+            assert torch.equal(a, b), (run_id, name)
+
+
+def test_reproduce_rejects_nonpositive_jobs(capsys):
+    assert main(["reproduce", "mlp_lsa", "--quick", "--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err

@@ -93,8 +93,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.name not in RECIPES:
         raise UsageError(f"unknown reproduction {args.name!r}; choose from {', '.join(RECIPES)}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be a positive integer, got {args.jobs}")
     out = Path(args.out or f"runs/reproduce/{args.name}{'-quick' if args.quick else ''}")
-    outcome = reproduce(args.name, out, quick=args.quick, device=_check_device(args.device), progress=not args.quiet)
+    device = _check_device(args.device)
+    outcome = reproduce(args.name, out, quick=args.quick, device=device, progress=not args.quiet, jobs=args.jobs)
     for claim, ok in outcome["checks"].items():
         print(f"{'yes' if ok else 'NO '}  {claim}")
     figures = f"; figures: {out / 'figures'}" if (out / "figures").is_dir() else ""
@@ -167,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")
     rep.add_argument("--out", help="output folder (default runs/reproduce/NAME[-quick])")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes (default 1)")
     _add_device(rep)
     rep.set_defaults(func=cmd_reproduce)
 

@@ -3,8 +3,12 @@ under ``root``, finished runs skipped), and the layout of report.md."""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from iclab.config import parse_config
 from iclab.plots import markdown_table
@@ -12,16 +16,37 @@ from iclab.rundir import load_model
 from iclab.train import train
 
 
-def train_grid(specs: dict[str, list[str]], root: Path, device: str = "cpu", progress: bool = True) -> dict:
+def train_grid(
+    specs: dict[str, list[str]], root: Path, device: str = "cpu", progress: bool = True, jobs: int = 1
+) -> dict:
     """Train every ``{run_id: overrides}`` into ``root/run_id`` (resuming or skipping as ``train`` does);
-    return ``{run_id: model}`` with the trained models loaded on ``device``."""
+    return ``{run_id: model}`` with the trained models loaded on ``device``.
+
+    ``jobs > 1`` trains that many runs at once in worker processes (one torch thread each; on a GPU they
+    share the device), printing a line as each finishes instead of progress bars."""
+    if jobs > 1:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(_train_one, overrides, root / run_id, device): run_id
+                       for run_id, overrides in specs.items()}  # fmt: skip
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()
+                if progress:
+                    print(f"[{done}/{len(specs)}] {futures[future]} done", flush=True)
     models = {}
     for index, (run_id, overrides) in enumerate(specs.items(), start=1):
-        if progress:
-            print(f"[{index}/{len(specs)}] {run_id}", flush=True)
-        train(parse_config({}, overrides), root / run_id, device=device, progress=progress, log=lambda _: None)
+        if jobs == 1:
+            if progress:
+                print(f"[{index}/{len(specs)}] {run_id}", flush=True)
+            _train_one(overrides, root / run_id, device, progress)
         models[run_id] = load_model(root / run_id, device=device)[0]
     return models
+
+
+def _train_one(overrides: list[str], out: Path, device: str, progress: bool = False) -> None:
+    if not progress:
+        torch.set_num_threads(1)
+    train(parse_config({}, overrides), out, device=device, progress=progress, log=lambda _: None)
 
 
 def training_overrides(steps: int, batch_size: int, lr: float) -> list[str]:

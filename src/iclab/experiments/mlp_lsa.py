@@ -89,10 +89,10 @@ def plot_relative_losses(results: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True) -> dict:
+def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True, jobs: int = 1) -> dict:
     """Train LSA and MLP+LSA on each response, write results.csv and report.md into ``out``."""
     size = QUICK if quick else FULL
-    models = train_grid(run_specs(size), out / "runs", device=device, progress=progress)
+    models = train_grid(run_specs(size), out / "runs", device=device, progress=progress, jobs=jobs)
     rows = []
     for response in RESPONSES:
         task = make_task(parse_config({}, task_overrides(size, response)).task)

@@ -64,10 +64,10 @@ def run_specs(size: Size) -> dict[str, list[str]]:
     return specs
 
 
-def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True) -> dict:
+def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True, jobs: int = 1) -> dict:
     """Train one-layer LSAs on each response; write results.csv and report.md into ``out``."""
     size = QUICK if quick else FULL
-    models = train_grid(run_specs(size), out / "runs", device=device, progress=progress)
+    models = train_grid(run_specs(size), out / "runs", device=device, progress=progress, jobs=jobs)
     rows = []
     for response in size.responses:
         model = models[f"{response}_lsa"]
