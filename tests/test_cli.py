@@ -73,7 +73,8 @@ def test_learner_specs_use_task_defaults():
     assert parse_learner("gd", task).lr == pytest.approx(10 / (10 + 4 + 1 + 0.25))
     assert parse_learner("ridge", task).alpha == pytest.approx(0.25)
     with pytest.raises(LearnerSpecError, match="unknown learner"):
-        parse_learner("newton", task)
+        parse_learner("newtonian", task)
+    assert parse_learner("newton:steps=4", task).steps == 4
 
 
 def test_demo_quick(tmp_path, capsys):

@@ -13,6 +13,7 @@ from iclab.learners import (
     GradientDescent,
     KNearest,
     LeastSquares,
+    NewtonSchulz,
     PreconditionedGD,
     Ridge,
     Zero,
@@ -48,6 +49,8 @@ def numpy_reference(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return numpy_gd(x, y, steps=3, lr=0.3, pre=PRECONDITIONER.numpy())
     if name == "averaging":
         return x.T @ y / len(y)
+    if name == "newton":
+        return numpy_newton_schulz(x, y, steps=3)
     return np.zeros(d)
 
 
@@ -58,6 +61,7 @@ LEARNERS = {
     "gd": GradientDescent(7, 0.4),
     "pgd": PreconditionedGD(3, 0.3, PRECONDITIONER),
     "averaging": Averaging(),
+    "newton": NewtonSchulz(3),
     "zero": Zero(),
 }
 
@@ -156,3 +160,39 @@ def test_isotropic_reference_only_where_the_closed_form_holds():
     }
     for variant in ("diag_x", "condition_fixed_rotation", "w_diag", "mean_shift"):
         assert isotropic_reference(task_config(variant)) == {}
+
+
+# ----------------------------------------------------------------- Newton–Schulz (Fu et al.)
+
+
+def numpy_newton_schulz(x: np.ndarray, y: np.ndarray, steps: int) -> np.ndarray:
+    s = x.T @ x
+    m = s / np.linalg.norm(s @ s.T, "fro")
+    for _ in range(steps):
+        m = 2 * m - m @ s @ m
+    return m @ x.T @ y
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 5, 12])
+@pytest.mark.parametrize("n", [3, 9])
+def test_newton_schulz_equals_the_recursion(steps, n):
+    """x_qᵀ M_k Xᵀy with M₀ = XᵀX/‖SSᵀ‖_F, M_{k+1} = 2M_k − M_k S M_k, to 1e-10."""
+    p = prompts(n)
+    got = NewtonSchulz(steps).predict(p.xs, p.ys, p.xq)
+    for b in range(p.batch):
+        w = numpy_newton_schulz(p.xs[b].numpy(), p.ys[b].numpy(), steps)
+        np.testing.assert_allclose(got[b].numpy(), p.xq[b].numpy() @ w, rtol=1e-10, atol=1e-10)
+
+
+def test_newton_schulz_converges_to_least_squares_where_gd_crawls():
+    """On κ = 100 data 30 iterations reach OLS to 1e-8; 30 GD steps at the largest stable rate do not."""
+    task = make_task(task_config("isotropic", "task.d=4", "task.n=12", "task.condition_number=100"), seed=0)
+    p = task.sample(50, torch.Generator().manual_seed(3), dtype=F64)
+    ols = LeastSquares().predict(p.xs, p.ys, p.xq)
+    newton = NewtonSchulz(30).predict(p.xs, p.ys, p.xq)
+    assert (newton - ols).abs().max() < 1e-8
+    lam_max = torch.linalg.eigvalsh(p.xs.transpose(1, 2) @ p.xs / 12).max()
+    gd = GradientDescent(30, 1.0 / lam_max.item()).predict(p.xs, p.ys, p.xq)
+    assert (gd - ols).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="NewtonSchulz.steps"):
+        NewtonSchulz(-1)

@@ -44,7 +44,7 @@ def test_one_layer_effective_preconditioner():
     torch.testing.assert_close(model.predict(p.xs, p.ys, p.xq), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("param", ["full", "sparse"])
+@pytest.mark.parametrize("param", ["full", "sparse", "block"])
 def test_hooked_and_fast_paths_agree_and_queries_are_masked(param):
     task, p = sample("mean_shift", "task.n_queries=3")
     cfg = parse_config({}, [f"model.param={param}", "model.layers=2", "model.heads=2"]).model
@@ -67,7 +67,7 @@ def test_hooked_and_fast_paths_agree_and_queries_are_masked(param):
 
 def test_balanced_init_and_parameter_counts():
     task = make_task(task_config("isotropic"), seed=0)
-    for param in ("full", "sparse"):
+    for param in ("full", "sparse", "block"):
         cfg = parse_config({}, [f"model.param={param}", "model.init=balanced", "model.init_scale=0.3"]).model
         attn = build_model(cfg, task, torch.Generator().manual_seed(0)).blocks[0].attn
         kq, pv = attn.kq(), attn.pv()
@@ -78,6 +78,32 @@ def test_balanced_init_and_parameter_counts():
     sparse = parse_config({}, ["model.param=sparse"]).model
     count = lambda c: sum(t.numel() for t in build_model(c, task, torch.Generator()).parameters())  # noqa: E731
     assert count(full) == 2 * 6 * 6 and count(sparse) == 5 * 5 + 1
+    assert count(parse_config({}, ["model.param=block"]).model) == 2 * 5 * 5 + 1
+
+
+def test_block_form_transforms_the_inputs_like_gd_plus_plus():
+    """W_KQ = I, W_PV features block = −γI: every token's x becomes (I − γ XᵀX/n) x (von Oswald et al.)."""
+    task, p = sample("isotropic")
+    model = LSA(LSAShape(d=task.d, param="block")).double()
+    with torch.no_grad():
+        model.blocks[0].attn.kq_block.copy_(torch.eye(task.d, dtype=F64).unsqueeze(0))
+        model.blocks[0].attn.pv_block.copy_(-0.3 * torch.eye(task.d, dtype=F64).unsqueeze(0))
+    _, cache = run_with_cache(model, lambda: model.predict(p.xs, p.ys, p.xq))
+    gram = p.xs.transpose(1, 2) @ p.xs / p.n
+    tokens = torch.cat([p.xs, p.xq], dim=1)
+    expected = tokens - 0.3 * tokens @ gram  # gram is symmetric
+    torch.testing.assert_close(cache["blocks.0.resid_post"][..., : task.d], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("param", "linear"), [("block", True), ("sparse", True), ("full", False)])
+def test_which_forms_predict_linearly_in_the_context_labels(param, linear):
+    task, p = sample("isotropic")
+    cfg = parse_config({}, [f"model.param={param}", "model.layers=3", "model.init_scale=0.3"]).model
+    model = build_model(cfg, task, torch.Generator().manual_seed(0)).double()
+    other = torch.randn(p.ys.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    combined = model.predict(p.xs, p.ys + 2 * other, p.xq)
+    separate = model.predict(p.xs, p.ys, p.xq) + 2 * model.predict(p.xs, other, p.xq)
+    assert torch.allclose(combined, separate, rtol=1e-9, atol=1e-9) == linear
 
 
 def test_from_model_preserves_dtype_and_device():

@@ -14,7 +14,8 @@ USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a stop by SIGINT
 # iclab.learners.specs.SPEC_NAMES, spelled out so that --help need not import torch (a test keeps them equal)
 EVAL_LEARNERS = (
-    "least_squares", "ols", "ridge", "gd", "pgd", "averaging", "knn", "zero", "fgd", "kernel_ridge", "gp_posterior",
+    "least_squares", "ols", "ridge", "gd", "pgd", "newton", "averaging", "knn", "zero", "fgd", "kernel_ridge",
+    "gp_posterior",
 )  # fmt: skip
 
 
@@ -88,6 +89,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from iclab.probe import ProbeSettings, probe_run
+
+    for flag, value, low in (("--prompts", args.prompts, 2), ("--queries", args.queries, 1),
+                             ("--max-iterations", args.max_iterations, 0), ("--sweeps", args.sweeps, 1)):  # fmt: skip
+        if value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    if args.metric not in ("difference", "sime"):
+        raise UsageError(f"--metric must be one of difference, sime; got {args.metric!r}")
+    if args.first_prefix is not None and args.first_prefix < 1:
+        raise UsageError(f"--first-prefix must be >= 1, got {args.first_prefix}")
+    settings = ProbeSettings(prompts=args.prompts, queries=args.queries, first_prefix=args.first_prefix,
+                             max_iterations=args.max_iterations, metric=args.metric, sweeps=args.sweeps,
+                             seed=args.seed)  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.run_dir) / "probe"
+    result = probe_run(Path(args.run_dir), out, settings, device=_check_device(args.device), progress=not args.quiet)
+    columns = ["layer", "readout_loss", "best", "difference", "sime", "sensitivity"]
+    print(result.layers[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"report: {out / 'report.md'}; figures: {out / 'figures'}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from iclab.experiments import RECIPES, reproduce
 
@@ -157,6 +180,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("run_dir", help="a run dir made by iclab train")
     check.set_defaults(func=cmd_check)
+
+    probe = verbs.add_parser(
+        "probe",
+        allow_abbrev=False,
+        help="which algorithm does each layer of a trained model run",
+        description="Probe a trained run layer by layer: read-outs and linear probes, the best match among GD-k, "
+        "preconditioned GD-k, Newton-Schulz-k, ridge, least squares and functional GD-k (prediction difference, "
+        "similarity of errors, input sensitivity), the weights beside the GD construction and plateaus along "
+        "query lines. Writes report.md, CSVs and figures/ into RUN_DIR/probe (or --out).",
+    )
+    probe.add_argument("run_dir", help="a run dir made by iclab train")
+    probe.add_argument("--out", help="output folder (default RUN_DIR/probe)")
+    probe.add_argument("--prompts", type=int, default=500, help="prompts matched (default 500)")
+    probe.add_argument("--queries", type=int, default=10, help="query points per prompt (default 10)")
+    probe.add_argument("--first-prefix", type=int, help="compare context prefixes from this length to n "
+                       "(default: the lengths the model was trained on; 1: every prefix, as Fu et al.)")  # fmt: skip
+    probe.add_argument("--max-iterations", type=int, default=20, help="iteration counts 0..K tried (default 20)")
+    probe.add_argument("--metric", default="difference",
+                       help="fits hyper-parameters and ranks: prediction difference (default) or SimE")  # fmt: skip
+    probe.add_argument("--sweeps", type=int, default=20, help="query lines for piecewise constancy (default 20)")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the probe's prompts (default 0)")
+    probe.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_device(probe)
+    probe.set_defaults(func=cmd_probe)
 
     rep = verbs.add_parser(
         "reproduce",

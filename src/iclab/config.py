@@ -72,7 +72,9 @@ class ModelConfig:
     name: str = _spec("lsa", choices=("lsa", "kernel_attention", "mlp_lsa"), doc="model family")
     layers: int = _spec(1, ge=1, doc="number of attention layers")
     heads: int = _spec(1, ge=1, doc="attention heads per layer")
-    param: str = _spec("full", choices=("full", "sparse"), doc="free matrices or the theory's block form")
+    param: str = _spec(
+        "full", choices=("full", "sparse", "block"), doc="free matrices, the theory's sparse form, or sparse + GD++"
+    )
     init: str = _spec("gaussian", choices=("gaussian", "zero_block", "balanced"), doc="initialisation")
     init_scale: float = _spec(0.1, ge=0.0, doc="scale of the initial weights")
     activation: str = _spec(

@@ -25,8 +25,8 @@ from iclab.evaluate import error_curve, query_loss
 from iclab.experiments.grid import report_text, train_grid, training_overrides
 from iclab.kernels import Kernel
 from iclab.learners import FunctionalGD, GPPosterior, from_model
-from iclab.models import run_with_cache
 from iclab.plots import save_figure
+from iclab.probe.readout import LayerReadout
 from iclab.prompts import Prompts
 from iclab.rundir import atomic_write_text
 from iclab.seeding import make_generator
@@ -85,21 +85,12 @@ def tuned_functional_gd(kernel: Kernel, steps: int, validation: Prompts) -> Func
     return FunctionalGD(kernel, steps, min(losses, key=losses.get))
 
 
-def layer_readouts(model: torch.nn.Module, prompts: Prompts) -> list[torch.Tensor]:
-    """The model's read-out (minus the query's label slot) after each layer: L tensors (B, m)."""
-    names = [f"blocks.{i}.resid_post" for i in range(len(model.blocks))]
-    param = next(model.parameters())
-    moved = prompts.to(device=param.device, dtype=param.dtype)
-    with torch.no_grad():
-        _, cache = run_with_cache(model, lambda: model.predict(moved.xs, moved.ys, moved.xq), names)
-    return [-cache[name][:, prompts.n :, prompts.d].double().cpu() for name in names]
-
-
 def layer_match(model: torch.nn.Module, kernel: Kernel, prompts: Prompts) -> list[dict]:
     """Per layer ℓ: the functional-GD step size whose ℓ-step prediction is closest to the model's layer-ℓ
     read-out, and the relative squared difference ‖ŷ_ℓ − f_ℓ‖² / ‖f_ℓ‖²."""
     rows = []
-    for layer, readout in enumerate(layer_readouts(model, prompts), start=1):
+    for layer in range(1, len(model.blocks) + 1):
+        readout = LayerReadout(model, layer).predict(prompts.xs, prompts.ys, prompts.xq)
         best = None
         for lr in STEP_SIZES:
             reference = FunctionalGD(kernel, layer, lr).predict(prompts.xs, prompts.ys, prompts.xq)

@@ -45,14 +45,42 @@ def gradient_descent(
 ) -> Tensor:
     """``steps`` steps of (preconditioned) GD on (1/2k)‖y − Xw‖² from w₀ = 0:
     w ← w + (lr/k)·P·Xᵀ(y − Xw), P = I or ``preconditioner: (d, d)``."""
+    return gradient_descent_path(gram, moment, count, steps, lr, preconditioner)[-1]
+
+
+def gradient_descent_path(
+    gram: Tensor, moment: Tensor, count: Tensor, steps: int, lr: float, preconditioner: Tensor | None = None
+) -> Tensor:
+    """Every iterate w₀ = 0, w₁, …, w_steps of :func:`gradient_descent`: (steps + 1, ..., d)."""
     w = torch.zeros_like(moment)
+    path = [w]
     scale = (lr / count).unsqueeze(-1)
     for _ in range(steps):
         step = moment - (gram @ w.unsqueeze(-1)).squeeze(-1)
         if preconditioner is not None:
             step = step @ preconditioner.T
         w = w + scale * step
-    return w
+        path.append(w)
+    return torch.stack(path)
+
+
+def newton_schulz(gram: Tensor, moment: Tensor, steps: int) -> Tensor:
+    """Newton–Schulz iterations for S⁻¹, S = XᵀX (Fu et al. 2024): M₀ = αS with α = 1/‖SSᵀ‖_F (the authors'
+    code; it makes every eigenvalue of αS² at most 1, so M_k → S⁺ for every X), M_{k+1} = 2M_k − M_k S M_k;
+    returns w = M_steps Xᵀy. A prompt whose X is zero gets w = 0."""
+    return newton_schulz_path(gram, moment, steps)[-1]
+
+
+def newton_schulz_path(gram: Tensor, moment: Tensor, steps: int) -> Tensor:
+    """Every iterate w_k = M_k Xᵀy, k = 0..steps, of :func:`newton_schulz`: (steps + 1, ..., d)."""
+    norm = torch.linalg.matrix_norm(gram @ gram.transpose(-1, -2))  # (...)
+    alpha = torch.where(norm > 0, 1 / norm.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(norm))
+    inverse = alpha[..., None, None] * gram
+    path = [(inverse @ moment.unsqueeze(-1)).squeeze(-1)]
+    for _ in range(steps):
+        inverse = 2 * inverse - inverse @ gram @ inverse
+        path.append((inverse @ moment.unsqueeze(-1)).squeeze(-1))
+    return torch.stack(path)
 
 
 def averaging(moment: Tensor, count: Tensor) -> Tensor:

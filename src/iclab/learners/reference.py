@@ -74,6 +74,19 @@ class PreconditionedGD(LinearLearner):
         return algorithms.gradient_descent(gram, moment, count, self.steps, self.lr, pre)
 
 
+class NewtonSchulz(LinearLearner):
+    """``steps`` Newton–Schulz iterations towards (XᵀX)⁻¹ (see :func:`algorithms.newton_schulz`); the
+    prediction is x_qᵀ M_steps Xᵀy, so ``steps=0`` uses M₀ = αXᵀX and many steps approach least squares."""
+
+    def __init__(self, steps: int) -> None:
+        _check("NewtonSchulz.steps", steps, ge=0)
+        self.steps = int(steps)
+        self.name = f"newton(steps={self.steps})"
+
+    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+        return algorithms.newton_schulz(gram, moment, self.steps)
+
+
 class Averaging(LinearLearner):
     """ŵ = (1/n) Σ y_i x_i."""
 

@@ -3,7 +3,8 @@
 Defaults that depend on the task come from it: ``gd``/``pgd`` with one step take the optimal isotropic
 step size n/(n + d + 1 + σ²), ``pgd`` preconditions with Λ⁻¹, ``ridge`` and ``kernel_ridge`` take α = σ² (the
 Bayes choice for w ~ N(0, I); 1e-3 for a noiseless task), ``fgd`` and ``kernel_ridge`` use the GP task's
-kernel (or the one named by ``kernel=linear|relu|exp``), ``gp_posterior`` the GP task's kernel and noise.
+kernel (or the one named by ``kernel=linear|relu|exp``), ``gp_posterior`` the GP task's kernel and noise;
+``newton`` takes 10 Newton–Schulz steps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from iclab.learners.reference import (
     GradientDescent,
     KNearest,
     LeastSquares,
+    NewtonSchulz,
     PreconditionedGD,
     Ridge,
     Zero,
@@ -32,6 +34,7 @@ SPEC_KEYS: dict[str, set[str]] = {
     "ridge": {"alpha"},
     "gd": {"steps", "lr"},
     "pgd": {"steps", "lr"},
+    "newton": {"steps"},
     "averaging": set(),
     "knn": {"k"},
     "zero": set(),
@@ -85,6 +88,8 @@ def _build(name: str, spec: str, values: dict[str, str], task: Task) -> Learner:
             raise LearnerSpecError(f"learner {spec!r}: pgd preconditions with the task's x covariance; "
                                    f"task.name={task.cfg.name} has none")  # fmt: skip
         return PreconditionedGD(*_gd_step(spec, values, task), torch.linalg.inv(task.x_cov))
+    if name == "newton":
+        return NewtonSchulz(_number(spec, "steps", values.get("steps", "10"), int))
     if name == "knn":
         return KNearest(_number(spec, "k", values.get("k", "3"), int))
     if name == "fgd":

@@ -30,11 +30,12 @@ def hook_names(model: nn.Module) -> list[str]:
 
 
 def run_with_cache(
-    model: nn.Module, fn: Callable[[], Any], names: list[str] | None = None
+    model: nn.Module, fn: Callable[[], Any], names: list[str] | None = None, detach: bool = True
 ) -> tuple[Any, dict[str, Tensor]]:
     """Call ``fn()`` (which runs ``model``) and return (its result, {hook name: tensor}).
 
-    ``names`` restricts the cache to those hooks (default: all). Tensors are detached.
+    ``names`` restricts the cache to those hooks (default: all). Tensors are detached unless ``detach`` is
+    False (then gradients flow through them, e.g. to the inputs).
     """
     cache: dict[str, Tensor] = {}
     handles = []
@@ -46,7 +47,9 @@ def run_with_cache(
     for name, module in model.named_modules():
         if isinstance(module, HookPoint) and name in wanted:
             handles.append(
-                module.register_forward_hook(lambda _m, _inp, out, name=name: cache.__setitem__(name, out.detach()))
+                module.register_forward_hook(
+                    lambda _m, _inp, out, name=name: cache.__setitem__(name, out.detach() if detach else out)
+                )
             )
     try:
         result = fn()

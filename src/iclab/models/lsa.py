@@ -20,7 +20,11 @@ key-query block A predicts ŷ = x_qᵀ Γ (1/n) Σ y_i x_i with Γ = −v Aᵀ.
 
 ``param="full"``: W_KQ and W_PV are free (D, D) matrices per layer and head. ``param="sparse"``: the block
 form of the theory papers: W_KQ acts on the features (x and descriptor) only, W_PV = v e_d e_dᵀ (the value
-reads the label and writes the label).
+reads the label and writes the label). ``param="block"``: as sparse, plus a features → features block of
+W_PV, so a layer may also transform the inputs, x_j ← x_j + (1/n) Σ_i B x_i (x_iᵀ A x_j) (von Oswald et al.'s
+GD++, a data-dependent preconditioner); the label never enters the scores, so the prediction stays linear in
+the context labels (as for GD, Newton's method, ridge and least squares) and deep models train stably where
+the full form's label-label products make the forward pass a polynomial of degree 3^L in y.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class SelfAttention(nn.Module):
         else:
             self.kq_block = nn.Parameter(torch.zeros(heads, width - 1, width - 1))  # features × features
             self.value = nn.Parameter(torch.zeros(heads))  # label → label
+        if shape.param == "block":
+            self.pv_block = nn.Parameter(torch.zeros(heads, width - 1, width - 1))  # features → features
         self.register_buffer("features", shape.feature_index, persistent=False)
         # Fixed embeddings of the sparse blocks: W_KQ = P A Pᵀ with P: (D, D−1), W_PV = v·e_d e_dᵀ.
         self.register_buffer("feature_embed", torch.eye(width)[:, shape.feature_index], persistent=False)
@@ -90,7 +96,11 @@ class SelfAttention(nn.Module):
         """W_PV: (H, D, D)."""
         if self.shape.param == "full":
             return self.w_pv
-        return self.value.view(-1, 1, 1) * self.label_unit.to(self.value.dtype)
+        label = self.value.view(-1, 1, 1) * self.label_unit.to(self.value.dtype)
+        if self.shape.param == "sparse":
+            return label
+        embed = self.feature_embed.to(self.pv_block.dtype)
+        return label + embed @ self.pv_block @ embed.T
 
     def forward(self, tokens: Tensor, n: int) -> Tensor:
         """tokens: (B, N, D), the first ``n`` are the context → the update (B, N, D).
@@ -135,8 +145,8 @@ class LSA(nn.Module):
 
     def __init__(self, shape: LSAShape) -> None:
         super().__init__()
-        if shape.param not in ("full", "sparse"):
-            raise ValueError(f"model.param must be one of full, sparse; got {shape.param!r}")
+        if shape.param not in ("full", "sparse", "block"):
+            raise ValueError(f"model.param must be one of full, sparse, block; got {shape.param!r}")
         if shape.activation not in (*KERNELS, "softmax"):
             raise ValueError(f"model.activation must be one of linear, relu, exp, softmax; got {shape.activation!r}")
         self.shape = shape
@@ -160,7 +170,8 @@ class LSA(nn.Module):
     def initialise(self, init: str, scale: float, generator: torch.Generator) -> None:
         """Set the weights: ``gaussian`` (every free entry N(0, scale²)), ``zero_block`` (only the sparse
         blocks, N(0, scale²)) or ``balanced`` (W_KQ block = scale·ΘΘᵀ/‖ΘΘᵀ‖_F, v = −scale, so
-        ‖W_KQ‖_F = |v| and the initial predictor is a positive multiple of a GD step)."""
+        ‖W_KQ‖_F = |v| and the initial predictor is a positive multiple of a GD step). With ``zero_block`` and
+        ``balanced`` every other entry (the full form's, the block form's features → features values) is 0."""
         for block in self.blocks:
             attn = block.attn
             heads, feats = self.shape.heads, self.shape.width - 1
@@ -178,9 +189,11 @@ class LSA(nn.Module):
                 value = torch.full((heads,), -scale, dtype=torch.float64)
             else:
                 raise ValueError(f"model.init must be one of gaussian, zero_block, balanced; got {init!r}")
-            if self.shape.param == "sparse":
+            if self.shape.param != "full":
                 attn.kq_block.copy_(kq)
                 attn.value.copy_(value)
+                if self.shape.param == "block":
+                    attn.pv_block.zero_()
             else:
                 idx = attn.features
                 attn.w_kq.zero_()

@@ -20,7 +20,7 @@ class GPTask(Sampler):
     """Sampler of GP-function prompts; nothing is fixed across prompts, so ``seed`` is unused."""
 
     def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, seed
         self.kernel = Kernel(cfg.kernel, cfg.kernel_scale)
 
     @property

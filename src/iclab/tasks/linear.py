@@ -53,7 +53,7 @@ class LinearTask(Sampler):
     """Sampler of linear-regression prompts; fixed parts (rotation, the K means) come from ``seed``."""
 
     def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, seed
         self.eigenvalues = spectrum(cfg)  # (d,)
         fixed = make_generator(seed, "task.fixed")
         self.rotation = random_rotation(1, cfg.d, fixed, torch.float64)[0] if cfg.rotation == "fixed" else None

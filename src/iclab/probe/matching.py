@@ -1,0 +1,167 @@
+"""Which algorithm does each layer run? Compare a layer's read-out with every candidate on the same prompts.
+
+Measures (on the read-outs after every prefix k = k₀..n of the context and at every query of a prompt; k₀ = 1
+compares a layer as a learner across sample sizes, k₀ = n only where the model was trained):
+
+- ``difference``: ‖ŷ_layer − ŷ_alg‖² / ‖ŷ_layer‖², summed over prompts, prefixes and queries;
+- ``sime``: Fu et al.'s similarity of errors, the cosine between the two error vectors (ŷ − y_q) of one
+  prompt over its prefixes and queries, averaged over prompts (with one query and k₀ = 1 exactly Fu et al.'s
+  vector over positions);
+- ``sensitivity``: von Oswald et al.'s input sensitivity, the cosine between ∂ŷ/∂x_q of the layer and of the
+  algorithm with the full context, averaged over prompts and queries.
+
+Hyper-parameters (step size, ridge α) are fitted per layer and iteration count by the chosen ``metric``
+(difference: minimised; sime: maximised), first on a log grid, then, for the best iteration count of each
+family, by a bounded Brent search between the grid neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from torch import Tensor
+
+from iclab.learners import Learner
+from iclab.probe.candidates import Family
+from iclab.prompts import Prompts
+
+METRICS = ("difference", "sime")
+
+
+def relative_difference(predictions: Tensor, readout: Tensor) -> Tensor:
+    """predictions: (..., B, n, m), readout: (B, n, m) → (...,); non-finite candidates give inf."""
+    value = ((predictions - readout) ** 2).sum((-3, -2, -1)) / (readout**2).sum().clamp_min(1e-300)
+    return torch.nan_to_num(value, nan=math.inf, posinf=math.inf)
+
+
+def similarity_of_errors(predictions: Tensor, readout: Tensor, yq: Tensor) -> Tensor:
+    """Mean over prompts of the cosine between error vectors over prefixes and queries: (..., B, n, m) and
+    yq: (B, m) → (...,)."""
+    mine = predictions - yq.unsqueeze(-2)
+    theirs = readout - yq.unsqueeze(-2)
+    dot = (mine * theirs).sum((-2, -1))
+    cosine = dot / (mine.norm(dim=(-2, -1)) * theirs.norm(dim=(-2, -1))).clamp_min(1e-300)
+    return torch.nan_to_num(cosine.mean(-1), nan=-math.inf)
+
+
+def cost(metric: str, predictions: Tensor, readout: Tensor, yq: Tensor) -> Tensor:
+    """What the fit minimises: the difference, or minus SimE."""
+    if metric == "difference":
+        return relative_difference(predictions, readout)
+    return -similarity_of_errors(predictions, readout, yq)
+
+
+def input_sensitivity(predict, prompts: Prompts) -> Tensor:
+    """∂ŷ_j/∂x_qj for ``predict(xs, ys, xq, descriptor) -> (B, m)`` (queries do not see each other): (B, m, d)."""
+    xq = prompts.xq.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = predict(prompts.xs, prompts.ys, xq, prompts.descriptor)
+        (grad,) = torch.autograd.grad(out.sum(), xq)
+    return grad
+
+
+def sensitivity_cosine(a: Tensor, b: Tensor) -> float:
+    """Mean cosine between two (B, m, d) sensitivities."""
+    return float(((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)).mean())
+
+
+@dataclass
+class Match:
+    """A candidate (family, iteration count, hyper-parameter) against one layer."""
+
+    layer: int
+    family: str
+    iterations: int | None
+    hyper: str | None
+    value: float | None
+    difference: float
+    sime: float
+    sensitivity: float = math.nan
+
+    def label(self) -> str:
+        parts = [] if self.iterations is None else [f"k={self.iterations}"]
+        if self.hyper is not None:
+            parts.append(f"{self.hyper}={self.value:.4g}")
+        return f"{self.family}({', '.join(parts)})" if parts else self.family
+
+
+class Matcher:
+    """Candidate paths computed once on ``prompts`` (every grid value, every iteration count up to
+    ``max_iterations``, the prefixes ``first_prefix``..n) and matched against any number of layer read-outs
+    (B, n − first_prefix + 1, m)."""
+
+    def __init__(
+        self, families: list[Family], prompts: Prompts, max_iterations: int, metric: str, first_prefix: int = 1
+    ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+        if not 1 <= first_prefix <= prompts.n:
+            raise ValueError(f"first_prefix must be in 1..{prompts.n}, got {first_prefix}")
+        self.families, self.prompts, self.metric = families, prompts, metric
+        self.max_iterations, self.first_prefix = max_iterations, first_prefix
+        self.paths = {
+            family.name: torch.stack([self._path(family, value, max_iterations) for value in (family.grid or (None,))])
+            for family in families
+        }  # name → (G, K + 1 or 1, B, n − first_prefix + 1, m)
+
+    def _path(self, family: Family, value: float | None, steps: int) -> Tensor:
+        return family.path(value, steps)[..., self.first_prefix - 1 :, :]
+
+    def _iterations(self, family: Family) -> list[int | None]:
+        return list(range(self.max_iterations + 1)) if family.iterative else [None]
+
+    def grid_matches(self, layer: int, readout: Tensor) -> list[Match]:
+        """For every family and iteration count, the grid value that fits ``readout`` (B, n, m) best."""
+        yq = self.prompts.yq
+        matches = []
+        for family in self.families:
+            paths = self.paths[family.name]
+            difference = relative_difference(paths, readout)  # (G, K + 1)
+            sime = similarity_of_errors(paths, readout, yq)
+            chosen = difference if self.metric == "difference" else -sime
+            for index, iterations in enumerate(self._iterations(family)):
+                best = int(torch.argmin(chosen[:, index]))
+                value = family.grid[best] if family.grid else None
+                matches.append(Match(layer, family.name, iterations, family.hyper, value,
+                                     float(difference[best, index]), float(sime[best, index])))  # fmt: skip
+        return matches
+
+    def refine(self, match: Match, readout: Tensor) -> Match:
+        """Brent search on log(value) between the grid neighbours of ``match.value``."""
+        family = next(f for f in self.families if f.name == match.family)
+        if family.hyper is None or not math.isfinite(match.difference):
+            return match
+        steps = match.iterations or 0
+        grid = np.log(family.grid)
+        at = int(np.argmin(np.abs(grid - math.log(match.value))))
+        bounds = (grid[max(at - 1, 0)], grid[min(at + 1, len(grid) - 1)])
+
+        def objective(log_value: float) -> float:
+            prediction = self._path(family, math.exp(log_value), steps)[-1]
+            return float(cost(self.metric, prediction, readout, self.prompts.yq))
+
+        result = minimize_scalar(objective, bounds=bounds, method="bounded", options={"xatol": 1e-7})
+        if not result.fun < objective(math.log(match.value)):
+            return match
+        prediction = self._path(family, math.exp(result.x), steps)[-1]
+        return Match(match.layer, match.family, match.iterations, match.hyper, math.exp(result.x),
+                     float(relative_difference(prediction, readout)),
+                     float(similarity_of_errors(prediction, readout, self.prompts.yq)))  # fmt: skip
+
+    def learner(self, match: Match) -> Learner:
+        family = next(f for f in self.families if f.name == match.family)
+        return family.learner(match.iterations, match.value)
+
+    def best_per_family(self, matches: list[Match], readout: Tensor) -> list[Match]:
+        """The best iteration count of each family (refined), best first by the metric."""
+        best = {}
+        for match in matches:
+            key = match.difference if self.metric == "difference" else -match.sime
+            if match.family not in best or key < best[match.family][0]:
+                best[match.family] = (key, match)
+        refined = [self.refine(match, readout) for _, match in best.values()]
+        return sorted(refined, key=lambda m: m.difference if self.metric == "difference" else -m.sime)

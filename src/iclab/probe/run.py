@@ -1,0 +1,312 @@
+"""The whole probe of one model: per-layer read-outs and linear probes, algorithm matching, the weights beside
+the GD construction and the piecewise-constancy sweep; ``write_probe`` writes the CSVs, figures and report.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from iclab.errors import UserError
+from iclab.evaluate import ErrorCurve, error_curve, query_loss
+from iclab.kernels import KERNELS, Kernel
+from iclab.learners import from_model
+from iclab.learners.specs import parse_learner
+from iclab.plots import markdown_table, save_figure
+from iclab.probe.candidates import candidate_families
+from iclab.probe.matching import (
+    Match,
+    Matcher,
+    input_sensitivity,
+    sensitivity_cosine,
+)
+from iclab.probe.piecewise import Sweep, plot_sweeps, summarise, sweep_queries
+from iclab.probe.readout import (
+    LayerReadout,
+    ProbeReadout,
+    all_prefix_readouts,
+    attention_stack,
+    fit_linear_probes,
+    layer_readouts,
+)
+from iclab.probe.weights import LayerWeights, compare_with_gd_construction, plot_weights
+from iclab.rundir import atomic_write_text, load_model
+from iclab.seeding import make_generator
+from iclab.tasks import Task
+from iclab.train import sample_in_chunks
+
+
+class ProbeError(UserError):
+    """Probe settings that do not fit the run (e.g. a first prefix beyond its n)."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How much to probe: matched prompts and their query points, prompts for fitting the linear probes, the
+    iteration counts 0..max_iterations tried, the metric that fits hyper-parameters and ranks candidates, the
+    first context prefix compared (None: only the full context n, where a model trained at one n is in
+    distribution; 1: every prefix, as Fu et al.), line sweeps."""
+
+    prompts: int = 500
+    queries: int = 10
+    first_prefix: int | None = None
+    probe_prompts: int = 2000
+    max_iterations: int = 20
+    metric: str = "difference"
+    sweeps: int = 20
+    seed: int = 0
+
+
+@dataclass
+class ProbeResult:
+    """Everything the probe measured (see :func:`write_probe` for the files)."""
+
+    layers: pd.DataFrame  # one row per layer: losses, best match and the iteration maps
+    candidates: pd.DataFrame  # one row per layer and family: its best (refined) match
+    grid: pd.DataFrame  # one row per layer, family and iteration count (grid-fitted hyper-parameter)
+    curves: dict[str, ErrorCurve]
+    weights: list[LayerWeights]
+    sweeps: list[Sweep]
+    piecewise: dict[str, float]
+    reference_name: str
+    settings: ProbeSettings
+    description: dict[str, str] = field(default_factory=dict)
+
+
+def _candidate_kernels(model: nn.Module, task: Task) -> tuple[Kernel, ...]:
+    """Functional-GD kernels worth trying: the model's attention activation and a GP task's kernel."""
+    kernels = []
+    activation = attention_stack(model)[0].shape.activation
+    if activation in KERNELS and activation != "linear":
+        kernels.append(Kernel(activation))
+    own = getattr(task, "kernel", None)
+    if own is not None and own.name != "linear" and own not in kernels:
+        kernels.append(own)
+    return tuple(kernels)
+
+
+def _preconditioner(task: Task) -> torch.Tensor | None:
+    """Λ⁻¹ of a linear task with one fixed x covariance other than I (else preconditioned GD is GD or
+    undefined)."""
+    try:
+        x_cov = task.x_cov
+    except (AttributeError, ValueError):
+        return None
+    eye = torch.eye(x_cov.shape[0], dtype=x_cov.dtype)
+    return None if torch.allclose(x_cov, eye) else torch.linalg.inv(x_cov)
+
+
+def _bayes_reference(task: Task):
+    """The smooth reference of the sweeps: the GP posterior on GP tasks, ridge with α = σ² otherwise."""
+    return parse_learner("gp_posterior" if task.cfg.name == "gp" else "ridge", task)
+
+
+def probe_model(
+    model: nn.Module, task: Task, settings: ProbeSettings = ProbeSettings(), device: str = "cpu",
+    progress: bool = True,
+) -> ProbeResult:  # fmt: skip
+    """Probe ``model`` (any attention stack) on fresh prompts of ``task``, in float64 on ``device``."""
+    say = print if progress else (lambda *_: None)
+    model = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+    task = task.with_changes(n_queries=settings.queries)
+    first_prefix = task.n if settings.first_prefix is None else settings.first_prefix
+    if not 1 <= first_prefix <= task.n:
+        raise ValueError(f"first_prefix must be in 1..{task.n} (the task's n), got {first_prefix}")
+    prompts = sample_in_chunks(task, settings.prompts, make_generator(settings.seed, "probe"), torch.float64)
+    prompts = prompts.to(device)
+    fit_prompts = sample_in_chunks(task, settings.probe_prompts, make_generator(settings.seed, "probe-fit"),
+                                   torch.float64).to(device)  # fmt: skip
+    layers = len(attention_stack(model)[0].blocks)
+
+    say(f"probe: read-outs and linear probes of {layers} layer(s) on {prompts.batch} prompts")
+    readouts = all_prefix_readouts(model, prompts, first_prefix)  # (L, B, n − first_prefix + 1, m)
+    probes = fit_linear_probes(model, fit_prompts)
+    curves = {}
+    for layer in range(1, layers + 1):
+        curves[f"layer {layer}"] = error_curve(LayerReadout(model, layer), prompts)
+        curves[f"layer {layer} probe"] = error_curve(ProbeReadout(model, probes[layer - 1]), prompts)
+
+    say("probe: candidate algorithms (every iteration count, every grid value)")
+    families = candidate_families(prompts, _candidate_kernels(model, task), _preconditioner(task))
+    matcher = Matcher(families, prompts, settings.max_iterations, settings.metric, first_prefix)
+    curves["ols"] = error_curve(matcher.learner(Match(0, "ols", None, None, None, 0.0, 0.0)), prompts)
+
+    layer_rows, candidate_rows, grid_rows = [], [], []
+    for layer in range(1, layers + 1):
+        readout = readouts[layer - 1]
+        grid = matcher.grid_matches(layer, readout)
+        grid_rows += [asdict(match) for match in grid]
+        model_sensitivity = input_sensitivity(
+            lambda xs, ys, xq, side, layer=layer: layer_readouts(model, xs, ys, xq, side, detach=False)[layer - 1],
+            prompts,
+        )
+        best = matcher.best_per_family(grid, readout)
+        for match in best:
+            learner_sensitivity = input_sensitivity(matcher.learner(match).predict, prompts)
+            match.sensitivity = sensitivity_cosine(model_sensitivity, learner_sensitivity)
+            candidate_rows.append({**asdict(match), "label": match.label()})
+        top = best[0]
+        row = {
+            "layer": layer,
+            "readout_loss": float(((readout[:, -1] - prompts.yq) ** 2).mean()),
+            "probe_loss": query_loss(ProbeReadout(model, probes[layer - 1]), prompts)[0],
+            "best": top.label(),
+            "difference": top.difference,
+            "sime": top.sime,
+            "sensitivity": top.sensitivity,
+        }
+        for family in families:
+            if family.iterative:
+                row[f"{family.name}_k"] = _best_iterations(grid, family.name, settings.metric)
+        layer_rows.append(row)
+        say(f"probe: layer {layer}: {top.label()} (difference {top.difference:.3g}, SimE {top.sime:.4f})")
+
+    reference = _bayes_reference(task)
+    sphere = task.cfg.name == "gp" and task.cfg.x_dist == "sphere"
+    sweeps = sweep_queries(from_model(model), reference, prompts, sphere, make_generator(settings.seed, "sweeps"),
+                           count=settings.sweeps)  # fmt: skip
+    return ProbeResult(
+        layers=pd.DataFrame(layer_rows),
+        candidates=pd.DataFrame(candidate_rows),
+        grid=pd.DataFrame(grid_rows),
+        curves=curves,
+        weights=compare_with_gd_construction(model),
+        sweeps=sweeps,
+        piecewise=summarise(sweeps),
+        reference_name=reference.name,
+        settings=settings,
+    )
+
+
+def _best_iterations(grid: list[Match], family: str, metric: str) -> int:
+    rows = [m for m in grid if m.family == family]
+    key = (lambda m: m.difference) if metric == "difference" else (lambda m: -m.sime)
+    return min(rows, key=key).iterations
+
+
+# --------------------------------------------------------------------------- files
+
+
+def plot_iterations(result: ProbeResult, path: Path) -> None:
+    """iterations.png: for each iterative family a layers × iterations heatmap of the metric (SimE, or
+    log10 of the difference), the best iteration count of each layer marked."""
+    grid = result.grid[result.grid["iterations"].notna()]
+    families = list(dict.fromkeys(grid["family"]))
+    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 0.5 * result.layers.shape[0] + 2.4),
+                             squeeze=False)  # fmt: skip
+    sime = result.settings.metric == "sime"
+    for ax, family in zip(axes[0], families, strict=True):
+        rows = grid[grid["family"] == family]
+        table = rows.pivot(index="layer", columns="iterations", values="sime" if sime else "difference")
+        values = table.to_numpy() if sime else np.log10(table.to_numpy().clip(1e-16, 1e16))
+        image = ax.imshow(values, aspect="auto", cmap="viridis" if sime else "viridis_r", origin="lower",
+                          extent=(-0.5, table.shape[1] - 0.5, 0.5, table.shape[0] + 0.5))  # fmt: skip
+        best = values.argmax(1) if sime else values.argmin(1)
+        ax.plot(table.columns.to_numpy()[best], table.index.to_numpy(), "r*", ms=9, label="best per layer")
+        ax.set_xlabel(f"{family} iterations k")
+        ax.set_ylabel("layer")
+        ax.set_yticks(table.index.to_numpy())
+        ax.set_title(family)
+        fig.colorbar(image, ax=ax, label="SimE" if sime else "log10 relative difference")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    save_figure(fig, path)
+
+
+def plot_layer_curves(result: ProbeResult, path: Path) -> None:
+    """layer_curves.png: query error against context length of each layer's read-out (solid) and linear
+    probe (dashed), with least squares for reference."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    layers = result.layers["layer"].tolist()
+    for index, layer in enumerate(layers):
+        colour = plt.cm.viridis(index / max(len(layers) - 1, 1))
+        for suffix, style in (("", "-"), (" probe", "--")):
+            curve = result.curves[f"layer {layer}{suffix}"]
+            ax.plot(curve.ks.numpy(), curve.mse.numpy(), style, color=colour, label=f"layer {layer}{suffix}")
+    ols = result.curves["ols"]
+    ax.plot(ols.ks.numpy(), ols.mse.numpy().clip(1e-12), "k:", label="least squares")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of in-context examples")
+    ax.set_ylabel("query MSE")
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
+
+
+def report_text(result: ProbeResult, title: str) -> str:
+    """report.md: the settings, the which-algorithm table, every family's best match per layer, the
+    iteration maps, the weights against the GD construction and the piecewise-constancy numbers."""
+    s = result.settings
+    lines = [f"# Probe: {title}", ""]
+    lines += [f"- {key}: {value}" for key, value in result.description.items()]
+    first = "n (full context only)" if s.first_prefix is None else str(s.first_prefix)
+    lines += [f"- prompts matched: {s.prompts} with {s.queries} queries each, context prefixes from {first} to n; "
+              f"linear probes fitted on {s.probe_prompts} other prompts",
+              f"- iterations tried: 0..{s.max_iterations}; metric fitting hyper-parameters and ranking: {s.metric}",
+              "", "## Which algorithm (best match per layer)", "",
+              markdown_table(result.layers.round(6)), "",
+              "difference: ‖ŷ_layer − ŷ_alg‖²/‖ŷ_layer‖² over all prefixes; sime: Fu et al.'s similarity of errors; "
+              "sensitivity: cosine of ∂ŷ/∂x_q (von Oswald et al.); readout_loss / probe_loss: query MSE of the "
+              "layer's own read-out and of a linear probe on its residual stream; *_k: the best iteration count "
+              "of that family.", "", "## Every family's best match per layer", ""]  # fmt: skip
+    table = result.candidates[["layer", "label", "difference", "sime", "sensitivity"]]
+    lines += [markdown_table(table.round(6)), "", "## Weights against the GD construction", ""]
+    weights = pd.DataFrame([{"layer": w.layer, "head": w.head, "cos W_KQ": w.kq_cosine, "cos W_PV": w.pv_cosine}
+                            for w in result.weights])  # fmt: skip
+    lines += [markdown_table(weights.round(4)), "", "## Piecewise constancy along query lines", ""]
+    lines += [
+        f"{s.sweeps} sweeps; reference {result.reference_name}; a plateau is ≥ 3 steps with |Δŷ| below 0.1 "
+        "of the curve's own mean |Δ| (the same rule applied to the reference is the control).",
+        "",
+    ]
+    lines += [f"- {key}: {value:.4g}" for key, value in result.piecewise.items()]
+    lines += ["", "Figures: figures/iterations.png, figures/layer_curves.png, figures/weights.png, "
+              "figures/piecewise.png"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_probe(result: ProbeResult, out: Path, title: str) -> None:
+    """layers.csv, candidates.csv, grid.csv, report.md and figures/ in ``out`` (atomic writes)."""
+    out = Path(out)
+    atomic_write_text(out / "layers.csv", result.layers.to_csv(index=False))
+    atomic_write_text(out / "candidates.csv", result.candidates.to_csv(index=False))
+    atomic_write_text(out / "grid.csv", result.grid.to_csv(index=False))
+    plot_iterations(result, out / "figures" / "iterations.png")
+    plot_layer_curves(result, out / "figures" / "layer_curves.png")
+    plot_weights(result.weights, out / "figures" / "weights.png")
+    plot_sweeps(result.sweeps, result.reference_name, out / "figures" / "piecewise.png")
+    atomic_write_text(out / "report.md", report_text(result, title))
+
+
+def probe_run(
+    run_dir: Path, out: Path | None = None, settings: ProbeSettings = ProbeSettings(), device: str = "cpu",
+    progress: bool = True,
+) -> ProbeResult:  # fmt: skip
+    """Probe the trained model of ``run_dir`` and write the results into ``out`` (default run_dir/probe)."""
+    from iclab.tasks import make_task
+
+    run_dir = Path(run_dir)
+    model, cfg, step = load_model(run_dir, device=device)
+    if settings.first_prefix is None and cfg.train.curriculum.enabled:  # trained on n_start..n examples
+        settings = replace(settings, first_prefix=min(cfg.train.curriculum.n_start, cfg.task.n))
+    try:
+        result = probe_model(model, make_task(cfg.task, cfg.seed), settings, device=device, progress=progress)
+    except ValueError as err:
+        raise ProbeError(str(err)) from None
+    result.description = {
+        "run": str(run_dir), "step": str(step),
+        "model": f"{cfg.model.name}, {cfg.model.layers} layer(s), {cfg.model.heads} head(s), {cfg.model.param}, "
+                 f"activation {cfg.model.activation}",
+        "task": f"{cfg.task.name}, d={cfg.task.d}, n={cfg.task.n}, noise {cfg.task.noise_std:g}"
+                + (f", condition number {cfg.task.condition_number:g}" if cfg.task.condition_number else "")
+                + (f", x covariance diag {cfg.task.x_cov_diag}" if cfg.task.x_cov_diag else "")
+                + (f", rotation {cfg.task.rotation}" if cfg.task.rotation != "none" else "")
+                + (f", kernel {cfg.task.kernel}" if cfg.task.name == "gp" else ""),
+    }  # fmt: skip
+    write_probe(result, Path(out) if out is not None else run_dir / "probe", f"{run_dir.name} (step {step})")
+    return result

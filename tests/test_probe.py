@@ -1,0 +1,176 @@
+"""The probe against models whose algorithm is known: hand-set constructions and a trained optimum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import task_config
+from iclab.cli import main
+from iclab.config import parse_config
+from iclab.constructions import functional_gd_model, gd_model
+from iclab.kernels import Kernel
+from iclab.learners import LeastSquares, from_model
+from iclab.models import LSA, LSAShape
+from iclab.probe import ProbeSettings, fit_linear_probes, layer_readouts, probe_model
+from iclab.probe.candidates import candidate_families
+from iclab.probe.piecewise import plateau_stats, summarise, sweep_queries
+from iclab.probe.weights import compare_with_gd_construction
+from iclab.seeding import make_generator
+from iclab.tasks import make_task
+from iclab.theory import isotropic_gd_optimum
+from iclab.train import train
+
+F64 = torch.float64
+QUICK = ProbeSettings(prompts=150, probe_prompts=300, queries=3, first_prefix=1, max_iterations=6, sweeps=3)
+
+
+def prompts(variant: str = "isotropic", *extra: str, batch: int = 40):
+    task = make_task(task_config(variant, "task.d=4", "task.n=9", "task.n_queries=2", *extra), seed=0)
+    return task, task.sample(batch, make_generator(0, "probe-test"), dtype=F64)
+
+
+@pytest.mark.parametrize("variant", ["isotropic", "gp_relu_sphere"])
+def test_every_candidate_path_equals_its_learner(variant):
+    """path(value, K)[k] (all prefixes, one run of the iteration) = learner(k, value).predict_prefixes."""
+    task, p = prompts(variant)
+    kernels = (Kernel("relu"), Kernel("exp", 2.0))
+    for family in candidate_families(p, kernels, preconditioner=torch.diag(torch.tensor([2.0, 1, 0.5, 1]))):
+        value = family.grid[len(family.grid) // 2] if family.grid else None
+        path = family.path(value, 4)
+        for k in range(path.shape[0]):
+            expected = family.learner(k if family.iterative else None, value).predict_prefixes(p.xs, p.ys, p.xq)
+            torch.testing.assert_close(path[k], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("layers", "lr"), [(3, 0.37), (2, 0.9)])
+def test_probe_names_gd_with_the_right_steps_and_rate_on_the_construction(layers, lr):
+    task = make_task(task_config("isotropic", "task.d=4", "task.n=12"), seed=0)
+    result = probe_model(gd_model(4, layers, lr), task, QUICK, progress=False)
+    for layer, row in result.layers.set_index("layer").iterrows():
+        assert row["best"] == f"gd(k={layer}, lr={lr:.4g})", row["best"]
+        assert row["difference"] < 1e-12 and row["sime"] > 1 - 1e-12 and row["sensitivity"] > 1 - 1e-12
+    fitted = result.candidates[result.candidates["family"] == "gd"]["value"].to_numpy()
+    np.testing.assert_allclose(fitted, lr, rtol=1e-5)
+    assert all(abs(w.kq_cosine - 1) < 1e-12 and abs(w.pv_cosine - 1) < 1e-12 for w in result.weights)
+
+
+def test_similarity_of_errors_alone_also_finds_gd():
+    task = make_task(task_config("isotropic", "task.d=4", "task.n=12"), seed=0)
+    settings = ProbeSettings(**{**QUICK.__dict__, "metric": "sime"})
+    result = probe_model(gd_model(4, 2, 0.5), task, settings, progress=False)
+    assert result.layers["best"].str.startswith("gd(k=").all()
+    assert result.layers["gd_k"].tolist() == [1, 2]
+    fitted = result.candidates[result.candidates["family"] == "gd"]["value"].to_numpy()
+    np.testing.assert_allclose(fitted, 0.5, rtol=1e-3)
+
+
+def test_probe_names_functional_gd_on_the_kernel_construction():
+    task = make_task(task_config("gp_relu_sphere", "task.d=4", "task.n=10"), seed=0)
+    result = probe_model(functional_gd_model(4, 2, "relu", 1.3), task, QUICK, progress=False)
+    assert result.layers["best"].tolist() == ["fgd-relu(k=1, lr=1.3)", "fgd-relu(k=2, lr=1.3)"]
+
+
+def test_one_layer_lsa_trained_to_the_optimum_matches_one_gd_step(tmp_path):
+    """d=3, n=10 noiseless: the trained 1-layer LSA's top match is one GD step near lr* = n/(n+d+1)."""
+    cfg = parse_config({}, ["task.d=3", "task.n=10", "train.steps=1500", "eval.batch_size=2000"])
+    train(cfg, tmp_path / "run", progress=False)
+    from iclab.rundir import load_model
+
+    model, cfg, _ = load_model(tmp_path / "run")
+    settings = ProbeSettings(prompts=400, probe_prompts=400, queries=5, max_iterations=6, sweeps=2)
+    result = probe_model(model, make_task(cfg.task, cfg.seed), settings, progress=False)
+    top = result.candidates.iloc[0]
+    assert (top["family"], top["iterations"]) == ("gd", 1)
+    assert abs(top["value"] / isotropic_gd_optimum(3, 10).lr - 1) < 0.02
+    assert top["difference"] < 1e-3 < result.candidates.iloc[1]["difference"]
+
+
+def test_linear_probe_recovers_a_linear_read_out():
+    """Fitted to the model's own layer-ℓ read-out (minus the label slot), the probe is −e_label, intercept 0."""
+    task, p = prompts(batch=300)
+    model = gd_model(4, 2, 0.5)
+    for layer, readout in enumerate(layer_readouts(model, p.xs, p.ys, p.xq), start=1):
+        p.yq = readout
+        coef = fit_linear_probes(model, p, alpha=0.0)[layer - 1].coef
+        expected = torch.zeros(6, dtype=F64)
+        expected[4] = -1.0
+        torch.testing.assert_close(coef, expected, atol=1e-8, rtol=0)
+
+
+def test_plateau_statistics_of_a_staircase_and_a_line():
+    t = np.linspace(0, 1, 401)
+    stairs = plateau_stats(np.floor(5 * t), threshold=0.01)
+    assert stairs.plateaus == 5 and stairs.flat_fraction > 0.98 and math.isclose(stairs.total_variation, 5.0)
+    line = plateau_stats(t, threshold=0.1 / 400)
+    assert line.plateaus == 0 and line.flat_fraction == 0.0
+
+
+def test_sharp_softmax_attention_is_piecewise_constant_and_linear_attention_is_not():
+    """Softmax attention with large scores ≈ nearest neighbour: plateaus; one GD step: none (the control)."""
+    task = make_task(task_config("gp_relu_sphere", "task.d=3", "task.n=8"), seed=0)
+    p = task.sample(10, make_generator(0, "sweep"), dtype=F64)
+    reference = LeastSquares()
+    sharp = LSA(LSAShape(d=3, param="sparse", activation="softmax")).double()
+    with torch.no_grad():
+        sharp.blocks[0].attn.kq_block.copy_(40 * torch.eye(3, dtype=F64).unsqueeze(0))
+        sharp.blocks[0].attn.value.fill_(-1.0)
+    stats = {}
+    for name, model in (("softmax", sharp), ("gd", gd_model(3, 1, 0.5))):
+        sweeps = sweep_queries(from_model(model), reference, p, sphere=True, generator=make_generator(0, "lines"))
+        stats[name] = summarise(sweeps)
+    softmax, gd = stats["softmax"], stats["gd"]
+    assert softmax["plateaus_model"] >= 3 and softmax["flat_fraction_model"] > 0.5 > softmax["flat_fraction_reference"]
+    assert gd["plateaus_model"] == gd["plateaus_reference"] and gd["flat_fraction_model"] < 0.1
+
+
+def test_weights_are_sign_normalised_and_scale_free():
+    model = gd_model(3, 2, 0.7)
+    with torch.no_grad():
+        model.blocks[1].attn.kq_block.mul_(-3.0)
+        model.blocks[1].attn.value.mul_(-1.0)
+    rows = compare_with_gd_construction(model)
+    assert [round(r.kq_cosine, 12) for r in rows] == [1.0, 1.0]
+    with torch.no_grad():
+        model.blocks[0].attn.kq_block.add_(torch.ones(1, 3, 3, dtype=F64))
+    assert compare_with_gd_construction(model)[0].kq_cosine < 0.9
+
+
+def test_probe_cli_writes_the_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "task.d=3", "task.n=6", "model.layers=2", "train.steps=20", "eval.batch_size=64",
+                 "--out", str(run), "--quiet"]) == 0  # fmt: skip
+    argv = ["probe", str(run), "--prompts", "40", "--queries", "2", "--max-iterations", "3", "--sweeps", "2",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "best" in out and "report:" in out
+    folder = run / "probe"
+    layers = pd.read_csv(folder / "layers.csv")
+    assert layers["layer"].tolist() == [1, 2] and {"gd_k", "newton_k"} <= set(layers.columns)
+    for name in ("iterations", "layer_curves", "weights", "piecewise"):
+        assert (folder / "figures" / f"{name}.png").stat().st_size > 1000
+    report = (folder / "report.md").read_text()
+    assert "Which algorithm" in report and "Piecewise constancy" in report
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--prompts", "1"], "--prompts"),
+        (["--first-prefix", "99"], "first_prefix"),
+        (["--metric", "cosine"], "--metric"),
+    ],
+)
+def test_probe_cli_usage_errors(argv, fragment, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "task.d=3", "task.n=6", "train.steps=3", "eval.batch_size=16", "--out", str(run),
+                 "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["probe", str(run), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
