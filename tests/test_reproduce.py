@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from iclab.cli import main
 from iclab.experiments.grid import train_grid
+from iclab.train import TrainingDiverged
 
 
 def test_functional_gd_quick(tmp_path, capsys):
@@ -54,6 +56,27 @@ def test_nonlinear_responses_quick(tmp_path, capsys):
     assert (results["gamma_gap"] < 0.15).all() and (results["off_diagonal_share"] < 0.1).all()
     excess = results["exact_loss_trained"] / results["exact_loss_optimum"] - 1
     assert (excess >= -1e-12).all() and (excess < 0.02).all()  # the exact loss: never below the optimum
+
+
+def test_newton_quick(tmp_path, capsys):
+    """Fu et al.'s setting at the quick size: every depth is probed; the one-layer model is one GD step."""
+    out = tmp_path / "newton"
+    assert main(["reproduce", "newton", "--quick", "--out", str(out), "--quiet"]) == 0
+    maps = pd.read_csv(out / "maps.csv")
+    assert sorted(set(maps["depth"])) == [1, 2] and len(maps) == 3
+    one = maps[maps["depth"] == 1].iloc[0]
+    assert one["best"].startswith("gd(k=1,") and one["gd_difference"] < 1e-3 < one["newton_difference"]
+    assert (out / "figures" / "newton_map.png").exists() and (out / "probes" / "L2" / "report.md").exists()
+
+
+def test_train_grid_leaves_out_diverged_runs_when_allowed(tmp_path):
+    small = ["task.d=3", "task.n=6", "train.steps=3", "eval.batch_size=16"]
+    specs = {"ok": small, "bad": [*small, "train.diverge_loss=1e-9"]}
+    with pytest.raises(TrainingDiverged):
+        train_grid(specs, tmp_path / "strict", progress=False)
+    for _ in range(2):  # the second time, the diverged run dir is recognised without retraining
+        models = train_grid(specs, tmp_path / "lenient", progress=False, allow_diverged=True)
+        assert set(models) == {"ok"}
 
 
 def test_train_grid_in_worker_processes_matches_sequential(tmp_path):

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reproduce a published result (a grid of runs, figures, report.md)",
         description="Reproduce a published claim: trains its grid of runs (resumable), evaluates them beside "
         "the reference algorithms and writes results.csv, figures/ and report.md. "
-        "Recipes: functional_gd, mlp_lsa, nonlinear_responses.",
+        "Recipes: functional_gd, mlp_lsa, newton, nonlinear_responses.",
     )
     rep.add_argument("name", help="recipe name, e.g. functional_gd")
     rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")

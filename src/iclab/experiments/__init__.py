@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from iclab.experiments import functional_gd, mlp_lsa, nonlinear_responses
+from iclab.experiments import functional_gd, mlp_lsa, newton, nonlinear_responses
 
 RECIPES: dict[str, Callable[..., dict]] = {
     "functional_gd": functional_gd.run,
     "mlp_lsa": mlp_lsa.run,
+    "newton": newton.run,
     "nonlinear_responses": nonlinear_responses.run,
 }
 

@@ -17,7 +17,7 @@ from torch import nn
 from iclab.errors import UserError
 from iclab.evaluate import ErrorCurve, error_curve, query_loss
 from iclab.kernels import KERNELS, Kernel
-from iclab.learners import from_model
+from iclab.learners import LeastSquares, from_model
 from iclab.learners.specs import parse_learner
 from iclab.plots import markdown_table, save_figure
 from iclab.probe.candidates import candidate_families
@@ -136,7 +136,7 @@ def probe_model(
     say("probe: candidate algorithms (every iteration count, every grid value)")
     families = candidate_families(prompts, _candidate_kernels(model, task), _preconditioner(task))
     matcher = Matcher(families, prompts, settings.max_iterations, settings.metric, first_prefix)
-    curves["ols"] = error_curve(matcher.learner(Match(0, "ols", None, None, None, 0.0, 0.0)), prompts)
+    curves["ols"] = error_curve(LeastSquares(), prompts)
 
     layer_rows, candidate_rows, grid_rows = [], [], []
     for layer in range(1, layers + 1):
@@ -199,8 +199,8 @@ def plot_iterations(result: ProbeResult, path: Path) -> None:
     log10 of the difference), the best iteration count of each layer marked."""
     grid = result.grid[result.grid["iterations"].notna()]
     families = list(dict.fromkeys(grid["family"]))
-    fig, axes = plt.subplots(1, len(families), figsize=(4.6 * len(families), 0.5 * result.layers.shape[0] + 2.4),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(1, len(families), figsize=(5.4 * len(families), 0.5 * result.layers.shape[0] + 2.4),
+                             squeeze=False, layout="constrained")  # fmt: skip
     sime = result.settings.metric == "sime"
     for ax, family in zip(axes[0], families, strict=True):
         rows = grid[grid["family"] == family]
@@ -256,8 +256,8 @@ def report_text(result: ProbeResult, title: str) -> str:
               "of that family.", "", "## Every family's best match per layer", ""]  # fmt: skip
     table = result.candidates[["layer", "label", "difference", "sime", "sensitivity"]]
     lines += [markdown_table(table.round(6)), "", "## Weights against the GD construction", ""]
-    weights = pd.DataFrame([{"layer": w.layer, "head": w.head, "cos W_KQ": w.kq_cosine, "cos W_PV": w.pv_cosine}
-                            for w in result.weights])  # fmt: skip
+    weights = pd.DataFrame([{"layer": w.layer, "head": w.head, "cos W_KQ": w.kq_cosine, "cos W_PV": w.pv_cosine,
+                             "cos W_PV label row": w.pv_label_cosine} for w in result.weights])  # fmt: skip
     lines += [markdown_table(weights.round(4)), "", "## Piecewise constancy along query lines", ""]
     lines += [
         f"{s.sweeps} sweeps; reference {result.reference_name}; a plateau is ≥ 3 steps with |Δŷ| below 0.1 "
@@ -294,10 +294,9 @@ def probe_run(
     model, cfg, step = load_model(run_dir, device=device)
     if settings.first_prefix is None and cfg.train.curriculum.enabled:  # trained on n_start..n examples
         settings = replace(settings, first_prefix=min(cfg.train.curriculum.n_start, cfg.task.n))
-    try:
-        result = probe_model(model, make_task(cfg.task, cfg.seed), settings, device=device, progress=progress)
-    except ValueError as err:
-        raise ProbeError(str(err)) from None
+    if settings.first_prefix is not None and not 1 <= settings.first_prefix <= cfg.task.n:
+        raise ProbeError(f"first_prefix must be in 1..{cfg.task.n} (the run's task.n), got {settings.first_prefix}")
+    result = probe_model(model, make_task(cfg.task, cfg.seed), settings, device=device, progress=progress)
     result.description = {
         "run": str(run_dir), "step": str(step),
         "model": f"{cfg.model.name}, {cfg.model.layers} layer(s), {cfg.model.heads} head(s), {cfg.model.param}, "

@@ -3,7 +3,9 @@
 The construction (:func:`iclab.constructions.gd_model`) has, in every layer, W_KQ = I on the x block and
 W_PV = −η e_d e_dᵀ (the value reads and writes the label). Cosine similarity is scale-free, so η does not
 matter. For linear attention the pair (−W_KQ, −W_PV) computes the same layer, so the trained pair is
-sign-normalised first (W_PV's label entry made negative).
+sign-normalised first (W_PV's label entry made negative). Only W_PV's label row writes the label slot that
+the last layer's read-out uses; the other rows change the x part of the tokens, which only later layers
+read, so ``pv_label_cosine`` compares that row alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class LayerWeights:
     pv_construction: np.ndarray
     kq_cosine: float
     pv_cosine: float
+    pv_label_cosine: float
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,7 +59,8 @@ def compare_with_gd_construction(model: nn.Module) -> list[LayerWeights]:
                 if stack.shape.activation == "linear" and pv[d, d] > 0:
                     kq, pv = -kq, -pv
                 rows.append(LayerWeights(layer, head, kq, pv, kq_construction, pv_construction,
-                                         _cosine(kq, kq_construction), _cosine(pv, pv_construction)))  # fmt: skip
+                                         _cosine(kq, kq_construction), _cosine(pv, pv_construction),
+                                         _cosine(pv[d], pv_construction[d])))  # fmt: skip
     return rows
 
 
