@@ -8,6 +8,9 @@ dimensions are free, so one call serves a batch of prompts and every prefix leng
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -45,42 +48,56 @@ def gradient_descent(
 ) -> Tensor:
     """``steps`` steps of (preconditioned) GD on (1/2k)‖y − Xw‖² from w₀ = 0:
     w ← w + (lr/k)·P·Xᵀ(y − Xw), P = I or ``preconditioner: (d, d)``."""
-    return gradient_descent_path(gram, moment, count, steps, lr, preconditioner)[-1]
+    return last(_gradient_descent_iterates(gram, moment, count, steps, lr, preconditioner))
 
 
 def gradient_descent_path(
     gram: Tensor, moment: Tensor, count: Tensor, steps: int, lr: float, preconditioner: Tensor | None = None
 ) -> Tensor:
     """Every iterate w₀ = 0, w₁, …, w_steps of :func:`gradient_descent`: (steps + 1, ..., d)."""
+    return torch.stack(list(_gradient_descent_iterates(gram, moment, count, steps, lr, preconditioner)))
+
+
+def _gradient_descent_iterates(
+    gram: Tensor, moment: Tensor, count: Tensor, steps: int, lr: float, preconditioner: Tensor | None
+) -> Iterator[Tensor]:
     w = torch.zeros_like(moment)
-    path = [w]
+    yield w
     scale = (lr / count).unsqueeze(-1)
     for _ in range(steps):
         step = moment - (gram @ w.unsqueeze(-1)).squeeze(-1)
         if preconditioner is not None:
             step = step @ preconditioner.T
         w = w + scale * step
-        path.append(w)
-    return torch.stack(path)
+        yield w
 
 
 def newton_schulz(gram: Tensor, moment: Tensor, steps: int) -> Tensor:
     """Newton–Schulz iterations for S⁻¹, S = XᵀX (Fu et al. 2024): M₀ = αS with α = 1/‖SSᵀ‖_F (the authors'
     code; it makes every eigenvalue of αS² at most 1, so M_k → S⁺ for every X), M_{k+1} = 2M_k − M_k S M_k;
     returns w = M_steps Xᵀy. A prompt whose X is zero gets w = 0."""
-    return newton_schulz_path(gram, moment, steps)[-1]
+    return (last(_newton_schulz_inverses(gram, steps)) @ moment.unsqueeze(-1)).squeeze(-1)
 
 
 def newton_schulz_path(gram: Tensor, moment: Tensor, steps: int) -> Tensor:
     """Every iterate w_k = M_k Xᵀy, k = 0..steps, of :func:`newton_schulz`: (steps + 1, ..., d)."""
+    return torch.stack([(m @ moment.unsqueeze(-1)).squeeze(-1) for m in _newton_schulz_inverses(gram, steps)])
+
+
+def _newton_schulz_inverses(gram: Tensor, steps: int) -> Iterator[Tensor]:
+    """M₀, …, M_steps: (..., d, d) each."""
     norm = torch.linalg.matrix_norm(gram @ gram.transpose(-1, -2))  # (...)
     alpha = torch.where(norm > 0, 1 / norm.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(norm))
     inverse = alpha[..., None, None] * gram
-    path = [(inverse @ moment.unsqueeze(-1)).squeeze(-1)]
+    yield inverse
     for _ in range(steps):
         inverse = 2 * inverse - inverse @ gram @ inverse
-        path.append((inverse @ moment.unsqueeze(-1)).squeeze(-1))
-    return torch.stack(path)
+        yield inverse
+
+
+def last(iterates: Iterator[Tensor]) -> Tensor:
+    """The final element of an iterator of iterates, keeping none of the others."""
+    return deque(iterates, maxlen=1)[0]
 
 
 def averaging(moment: Tensor, count: Tensor) -> Tensor:

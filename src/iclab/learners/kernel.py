@@ -6,38 +6,44 @@ K_qc = K(xq, xs): (B, m, n).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from iclab.kernels import Kernel
+from iclab.learners.algorithms import last
 from iclab.learners.base import Learner
 
 
 def functional_gd(k_cc: Tensor, k_qc: Tensor, ys: Tensor, steps: int, lr: float) -> Tensor:
     """f₀ = 0, f_{ℓ+1} = f_ℓ + (lr/n) Σ_s K(·, x_s)(y_s − f_ℓ(x_s)); returns f_L at the queries (B, m)."""
-    return functional_gd_path(k_cc, k_qc, ys, steps, lr)[-1]
+    return last(_functional_gd_iterates(k_cc, k_qc, ys, steps, lr, None))
 
 
 def functional_gd_path(
     k_cc: Tensor, k_qc: Tensor, ys: Tensor, steps: int, lr: float, count: Tensor | None = None
 ) -> Tensor:
     """f₀, …, f_steps of functional GD at the queries: (steps + 1, ..., m), for k_cc: (..., n, n),
-    k_qc: (..., m, n), ys: (..., n).
+    k_qc: (..., m, n), ys: (..., n). ``count: (...)`` replaces n (Gram blocks that are zero outside a
+    prefix then give that prefix's path)."""
+    return torch.stack(list(_functional_gd_iterates(k_cc, k_qc, ys, steps, lr, count)))
 
-    The context residuals r_ℓ = y − f_ℓ(X) follow r_{ℓ+1} = r_ℓ − (lr/n) K_cc r_ℓ, and
-    f_L(x_q) = (lr/n) Σ_{ℓ<L} K_qc r_ℓ. ``count: (...)`` replaces n (Gram blocks that are zero outside a
-    prefix then give that prefix's path).
-    """
+
+def _functional_gd_iterates(
+    k_cc: Tensor, k_qc: Tensor, ys: Tensor, steps: int, lr: float, count: Tensor | None
+) -> Iterator[Tensor]:
+    """The context residuals r_ℓ = y − f_ℓ(X) follow r_{ℓ+1} = r_ℓ − (lr/n) K_cc r_ℓ, and
+    f_L(x_q) = (lr/n) Σ_{ℓ<L} K_qc r_ℓ; yields f_ℓ at the queries (..., m)."""
     count = ys.new_full(ys.shape[:-1], float(ys.shape[-1])) if count is None else count
     scale = (lr / count)[..., None, None]
     residual = ys.unsqueeze(-1)  # (..., n, 1)
     prediction = torch.zeros_like(k_qc[..., :1])  # (..., m, 1)
-    path = [prediction]
+    yield prediction.squeeze(-1)
     for _ in range(steps):
         prediction = prediction + scale * (k_qc @ residual)
         residual = residual - scale * (k_cc @ residual)
-        path.append(prediction)
-    return torch.stack(path).squeeze(-1)
+        yield prediction.squeeze(-1)
 
 
 def kernel_ridge(k_cc: Tensor, k_qc: Tensor, ys: Tensor, alpha: float) -> Tensor:

@@ -17,12 +17,15 @@ class ModelLearner(Learner):
         self.name = name
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
-        param = next(self.model.parameters())
-        move = {"device": param.device, "dtype": param.dtype}
-        side = None if descriptor is None else descriptor.to(**move)
         with torch.no_grad():
-            out = self.model.predict(xs.to(**move), ys.to(**move), xq.to(**move), side)
+            out = self.model.predict(*to_model(self.model, xs, ys, xq, descriptor))
         return out.to(device=xs.device, dtype=xs.dtype)
+
+
+def to_model(model: nn.Module, *tensors: Tensor | None) -> list[Tensor | None]:
+    """``tensors`` moved to the device and dtype of ``model``'s parameters (None stays None)."""
+    param = next(model.parameters())
+    return [None if t is None else t.to(device=param.device, dtype=param.dtype) for t in tensors]
 
 
 def from_model(model: nn.Module, name: str = "model") -> ModelLearner:

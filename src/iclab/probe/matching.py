@@ -102,6 +102,7 @@ class Matcher:
         if not 1 <= first_prefix <= prompts.n:
             raise ValueError(f"first_prefix must be in 1..{prompts.n}, got {first_prefix}")
         self.families, self.prompts, self.metric = families, prompts, metric
+        self.by_name = {family.name: family for family in families}
         self.max_iterations, self.first_prefix = max_iterations, first_prefix
         self.paths = {
             family.name: torch.stack([self._path(family, value, max_iterations) for value in (family.grid or (None,))])
@@ -132,7 +133,7 @@ class Matcher:
 
     def refine(self, match: Match, readout: Tensor) -> Match:
         """Brent search on log(value) between the grid neighbours of ``match.value``."""
-        family = next(f for f in self.families if f.name == match.family)
+        family = self.by_name[match.family]
         if family.hyper is None or not math.isfinite(match.difference):
             return match
         steps = match.iterations or 0
@@ -153,8 +154,7 @@ class Matcher:
                      float(similarity_of_errors(prediction, readout, self.prompts.yq)))  # fmt: skip
 
     def learner(self, match: Match) -> Learner:
-        family = next(f for f in self.families if f.name == match.family)
-        return family.learner(match.iterations, match.value)
+        return self.by_name[match.family].learner(match.iterations, match.value)
 
     def best_per_family(self, matches: list[Match], readout: Tensor) -> list[Match]:
         """The best iteration count of each family (refined), best first by the metric."""

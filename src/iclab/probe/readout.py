@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from iclab.learners.base import Learner
+from iclab.learners.trained import to_model
 from iclab.models import LSA, MLPLSA, run_with_cache
 from iclab.prompts import Prompts
 
@@ -50,11 +51,6 @@ def layer_readouts(
     return [-resid[:, n:, stack.shape.d] for resid in residual_streams(model, xs, ys, xq, descriptor, detach)]
 
 
-def _moved(model: nn.Module, *tensors: Tensor | None) -> list[Tensor | None]:
-    param = next(model.parameters())
-    return [None if t is None else t.to(device=param.device, dtype=param.dtype) for t in tensors]
-
-
 class LayerReadout(Learner):
     """The model's read-out after ``layer`` (1-based) as a Learner (inputs moved to the model, no gradients)."""
 
@@ -66,7 +62,7 @@ class LayerReadout(Learner):
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
         with torch.no_grad():
-            readout = layer_readouts(self.model, *_moved(self.model, xs, ys, xq, descriptor))[self.layer - 1]
+            readout = layer_readouts(self.model, *to_model(self.model, xs, ys, xq, descriptor))[self.layer - 1]
         return readout.to(device=xs.device, dtype=xs.dtype)
 
 
@@ -77,7 +73,7 @@ def all_prefix_readouts(model: nn.Module, prompts: Prompts, first_prefix: int = 
     with torch.no_grad():
         for k in range(first_prefix, prompts.n + 1):
             part = prompts.prefix(k)
-            readouts = layer_readouts(model, *_moved(model, part.xs, part.ys, part.xq, part.descriptor))
+            readouts = layer_readouts(model, *to_model(model, part.xs, part.ys, part.xq, part.descriptor))
             per_prefix.append(torch.stack(readouts).to(device=prompts.xs.device, dtype=torch.float64))
     return torch.stack(per_prefix, dim=2)
 
@@ -94,7 +90,7 @@ def _query_features(model: nn.Module, xs: Tensor, ys: Tensor, xq: Tensor, descri
     """The residual stream at the query tokens with a constant 1 appended, per layer: (B·m, D + 1) float64
     on the inputs' device."""
     with torch.no_grad():
-        streams = residual_streams(model, *_moved(model, xs, ys, xq, descriptor))
+        streams = residual_streams(model, *to_model(model, xs, ys, xq, descriptor))
     features = []
     for resid in streams:
         query = resid[:, xs.shape[1] :].reshape(-1, resid.shape[-1]).double().to(xs.device)
