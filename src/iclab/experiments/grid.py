@@ -58,9 +58,9 @@ def _train_one(overrides: list[str], out: Path, device: str, allow_diverged: boo
     """Train one run; "done", or (with ``allow_diverged``) the divergence message."""
     if not progress:
         torch.set_num_threads(1)
-    summary = out / SUMMARY_FILE
-    if allow_diverged and summary.exists() and read_json(summary).get("status") == "diverged":
-        return str(read_json(summary).get("message"))
+    summary = read_json(out / SUMMARY_FILE) if (out / SUMMARY_FILE).exists() else {}
+    if allow_diverged and summary.get("status") == "diverged":
+        return str(summary.get("message"))
     try:
         train(parse_config({}, overrides), out, device=device, progress=progress, log=lambda _: None)
     except TrainingDiverged as err:

@@ -118,7 +118,7 @@ def probe_model(
     task = task.with_changes(n_queries=settings.queries)
     first_prefix = task.n if settings.first_prefix is None else settings.first_prefix
     if not 1 <= first_prefix <= task.n:
-        raise ValueError(f"first_prefix must be in 1..{task.n} (the task's n), got {first_prefix}")
+        raise ProbeError(f"first_prefix must be in 1..{task.n} (the task's n), got {first_prefix}")
     prompts = sample_in_chunks(task, settings.prompts, make_generator(settings.seed, "probe"), torch.float64)
     prompts = prompts.to(device)
     fit_prompts = sample_in_chunks(task, settings.probe_prompts, make_generator(settings.seed, "probe-fit"),
@@ -294,8 +294,6 @@ def probe_run(
     model, cfg, step = load_model(run_dir, device=device)
     if settings.first_prefix is None and cfg.train.curriculum.enabled:  # trained on n_start..n examples
         settings = replace(settings, first_prefix=min(cfg.train.curriculum.n_start, cfg.task.n))
-    if settings.first_prefix is not None and not 1 <= settings.first_prefix <= cfg.task.n:
-        raise ProbeError(f"first_prefix must be in 1..{cfg.task.n} (the run's task.n), got {settings.first_prefix}")
     result = probe_model(model, make_task(cfg.task, cfg.seed), settings, device=device, progress=progress)
     result.description = {
         "run": str(run_dir), "step": str(step),
