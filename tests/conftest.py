@@ -1,11 +1,19 @@
-"""Shared helpers: task configs by name and seeded generators."""
+"""Shared helpers: task configs by name and seeded generators; Hypothesis runs derandomised, with no example
+database (the same examples every run, in every clone: a test cannot pass once and fail the next time)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from iclab.config import parse_config
+
+settings.register_profile("iclab", derandomize=True, database=None)
+settings.register_profile("explore", database=None)  # HYPOTHESIS_PROFILE=explore: fresh random examples
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "iclab"))
 
 # Every task variant the foundation supports, as key=value overrides.
 TASK_VARIANTS = {
@@ -27,8 +35,9 @@ TASK_VARIANTS = {
 
 
 def task_config(variant: str, *extra: str):
-    """The TaskConfig of a named variant (plus extra overrides)."""
-    return parse_config({}, [*TASK_VARIANTS[variant], *extra]).task
+    """The TaskConfig of a named variant, ``extra`` key=value items replacing its own."""
+    merged = dict(item.split("=", 1) for item in [*TASK_VARIANTS[variant], *extra])
+    return parse_config({}, [f"{key}={value}" for key, value in merged.items()]).task
 
 
 @pytest.fixture

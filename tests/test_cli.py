@@ -12,6 +12,7 @@ from conftest import task_config
 from iclab.cli import main
 from iclab.demo import run_demo
 from iclab.learners.specs import LearnerSpecError, parse_learner
+from iclab.run_eval import default_step
 from iclab.tasks import make_task
 
 SMALL = [
@@ -25,7 +26,7 @@ SMALL = [
 ]
 
 
-@pytest.mark.parametrize("verb", [[], ["train"], ["eval"], ["demo"]])
+@pytest.mark.parametrize("verb", [[], ["train"], ["eval"], ["demo"], ["config", "show"], ["reproduce"]])
 def test_help_on_every_verb(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*verb, "--help"])
@@ -70,7 +71,9 @@ def test_cli_usage_errors_exit_2(argv, fragment, tmp_path, capsys):
 
 def test_learner_specs_use_task_defaults():
     task = make_task(task_config("noisy", "task.d=4", "task.n=10"), seed=0)
-    assert parse_learner("gd", task).lr == pytest.approx(10 / (10 + 4 + 1 + 0.25))
+    assert parse_learner("gd", task, default_step(task)).lr == pytest.approx(10 / (10 + 4 + 1 + 0.25))
+    with pytest.raises(LearnerSpecError, match="give lr"):
+        parse_learner("gd", task)  # the theory's default step is the caller's to give
     assert parse_learner("ridge", task).alpha == pytest.approx(0.25)
     with pytest.raises(LearnerSpecError, match="unknown learner"):
         parse_learner("newtonian", task)
@@ -92,7 +95,7 @@ def test_kernel_learner_specs():
     assert parse_learner("kernel_ridge:kernel=relu", gp).kernel.scale == 1.0
     assert parse_learner("gp_posterior", gp).noise_std == pytest.approx(0.1)
     linear = make_task(task_config("isotropic"), seed=0)
-    with pytest.raises(LearnerSpecError, match="gp_posterior needs task.name=gp"):
+    with pytest.raises(LearnerSpecError, match="gp_posterior needs a task with a kernel"):
         parse_learner("gp_posterior", linear)
     with pytest.raises(LearnerSpecError, match="pgd preconditions"):
         parse_learner("pgd", gp)
@@ -100,10 +103,18 @@ def test_kernel_learner_specs():
         parse_learner("fgd:kernel=poly", gp)
 
 
-def test_help_lists_every_learner_spec_and_imports_no_torch():
-    from iclab.cli import EVAL_LEARNERS
+def test_verb_help_lists_the_registries(capsys):
+    from iclab.config import key_rows
+    from iclab.experiments import RECIPES
     from iclab.learners.specs import SPEC_NAMES
 
-    assert EVAL_LEARNERS == SPEC_NAMES
+    for verb, names in (("eval", SPEC_NAMES), ("reproduce", RECIPES), ("train", [row.key for row in key_rows()])):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        shown = capsys.readouterr().out
+        assert all(name in shown for name in names), verb
+
+
+def test_top_level_help_imports_no_torch():
     code = "import sys, iclab.cli; iclab.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

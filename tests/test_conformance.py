@@ -1,5 +1,7 @@
-"""Every learner (algorithms and models) × every task variant through the same checks:
-shape (B, m), dtype preserved, finite, deterministic, no cross-talk between prompts, prefixes consistent."""
+"""Every learner (each registered spec and each registered model family) × every task variant (the named ones
+and the defaults of each registered task family) through the same checks: shape (B, m), dtype preserved,
+finite, deterministic, no cross-talk between prompts, prefixes consistent. Built from the registries, so a
+new family or spec is checked without editing this file."""
 
 from __future__ import annotations
 
@@ -8,66 +10,70 @@ import torch
 
 from conftest import TASK_VARIANTS, task_config
 from iclab.config import parse_config
-from iclab.kernels import Kernel
-from iclab.learners import (
-    Averaging,
-    FunctionalGD,
-    GPPosterior,
-    GradientDescent,
-    KernelRidge,
-    KNearest,
-    LeastSquares,
-    PreconditionedGD,
-    Ridge,
-    Zero,
-    from_model,
-)
+from iclab.learners import from_model
+from iclab.learners.specs import LEARNER_SPECS, LearnerSpecError, parse_learner
 from iclab.models import build_model
+from iclab.registry import MODELS, TASKS
 from iclab.tasks import make_task
 
-MODELS = {
-    "lsa-full-1": ["model.param=full"],
-    "lsa-sparse-2": ["model.param=sparse", "model.layers=2"],
-    "relu_attention-2": ["model.name=kernel_attention", "model.activation=relu", "model.layers=2"],
-    "softmax_attention-1": ["model.name=kernel_attention", "model.activation=softmax", "model.param=sparse"],
-    "exp_attention-1": ["model.name=kernel_attention", "model.activation=exp"],
-    "mlp_lsa-1": ["model.name=mlp_lsa", "model.mlp_hidden=8", "model.feature_dim=4"],
+# small sizes for models with widths (applied only to families that have the key)
+MODEL_SIZES = {"heads": "2", "mlp_hidden": "8", "feature_dim": "4", "layers": "2"}
+# a few extra model settings worth checking beside each family's defaults
+MODEL_VARIANTS = {
+    "lsa-sparse": ["model.name=lsa", "model.param=sparse"],
+    "lsa-block": ["model.name=lsa", "model.param=block", "model.init=zero_block"],
+    "relu-attention": ["model.name=kernel_attention", "model.activation=relu"],
+    "softmax-attention": ["model.name=kernel_attention", "model.activation=softmax", "model.param=sparse"],
+    "exp-attention": ["model.name=kernel_attention", "model.activation=exp", "model.layers=1"],
 }
+SPEC_ARGS = {"gd": "gd:steps=3:lr=0.5", "pgd": "pgd:steps=2:lr=0.5", "fgd": "fgd:steps=3:lr=0.5"}
 
 
-def make_learner(name: str, task):
-    if name in MODELS:
-        cfg = parse_config({}, [*MODELS[name], "model.heads=2"]).model
+def model_overrides(name: str) -> list[str]:
+    if name in MODEL_VARIANTS:
+        overrides = MODEL_VARIANTS[name]
+        family = overrides[0].split("=")[1]
+    else:
+        overrides, family = [f"model.name={name}"], name
+    fields = MODELS.get(family).config.model_fields
+    given = {item.split("=")[0] for item in overrides}
+    return [
+        *overrides,
+        *(f"model.{k}={v}" for k, v in MODEL_SIZES.items() if k in fields and f"model.{k}" not in given),
+    ]
+
+
+TASK_CASES = sorted(TASK_VARIANTS) + [f"family:{name}" for name in TASKS.names()]
+LEARNER_CASES = [f"spec:{name}" for name in LEARNER_SPECS] + [f"model:{m}" for m in [*MODELS.names(), *MODEL_VARIANTS]]
+
+
+def make_case_task(case: str):
+    if case.startswith("family:"):
+        return make_task(parse_config({}, [f"task.name={case[7:]}", "task.n=6", "task.n_queries=2"]).task, seed=0)
+    return make_task(task_config(case, "task.n=6"), seed=0)
+
+
+def make_learner(case: str, task):
+    kind, name = case.split(":", 1)
+    if kind == "model":
+        cfg = parse_config({}, model_overrides(name)).model
         return from_model(build_model(cfg, task, torch.Generator().manual_seed(0)).double())
-    return {
-        "least_squares": LeastSquares(),
-        "ridge": Ridge(0.1),
-        "gd": GradientDescent(3, 0.5),
-        "pgd": PreconditionedGD(2, 0.5, torch.eye(task.d) * 0.7),
-        "averaging": Averaging(),
-        "knn": KNearest(2),
-        "zero": Zero(),
-        "functional_gd": FunctionalGD(Kernel("exp", 2.0), 3, 0.5),
-        "kernel_ridge": KernelRidge(Kernel("relu"), 0.1),
-        "gp_posterior": GPPosterior(Kernel("linear"), 0.1),
-    }[name]
+    try:
+        return parse_learner(SPEC_ARGS.get(name, name), task, default_lr=0.5)
+    except LearnerSpecError as err:
+        pytest.skip(f"{name} does not apply to this task: {err}")
 
 
-LEARNER_NAMES = [
-    "least_squares", "ridge", "gd", "pgd", "averaging", "knn", "zero", "functional_gd", "kernel_ridge",
-    "gp_posterior", *MODELS,
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("variant", sorted(TASK_VARIANTS))
-@pytest.mark.parametrize("name", LEARNER_NAMES)
-def test_conformance(name, variant):
-    task = make_task(task_config(variant, "task.n=6"), seed=0)
-    learner = make_learner(name, task)
+@pytest.mark.parametrize("task_case", TASK_CASES)
+@pytest.mark.parametrize("learner_case", LEARNER_CASES)
+def test_conformance(learner_case, task_case):
+    task = make_case_task(task_case)
+    learner = make_learner(learner_case, task)
+    m = task.cfg.n_queries
     for dtype in (torch.float32, torch.float64):
         p = task.sample(5, torch.Generator().manual_seed(1), dtype=dtype)
         out = learner.predict(p.xs, p.ys, p.xq, p.descriptor)
-        assert out.shape == (5, task.cfg.n_queries) and out.dtype == dtype
+        assert out.shape == (5, m) and out.dtype == dtype
         assert torch.isfinite(out).all()
         assert torch.equal(out, learner.predict(p.xs, p.ys, p.xq, p.descriptor))  # deterministic
         part = p.slice(1, 3)
@@ -75,5 +81,19 @@ def test_conformance(name, variant):
         tol = 2e-3 if dtype == torch.float32 else 1e-9  # float32: ill-conditioned n≈d least squares
         torch.testing.assert_close(alone, out[1:3], rtol=tol, atol=tol)  # no cross-talk
         prefixes = learner.predict_prefixes(p.xs, p.ys, p.xq, p.descriptor)
-        assert prefixes.shape == (5, p.n, task.cfg.n_queries)
+        assert prefixes.shape == (5, p.n, m)
         torch.testing.assert_close(prefixes[:, -1], out, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("family", MODELS.names())
+def test_every_model_family_implements_the_interface(family):
+    """num_layers, per-layer states and read-outs (the last one is the prediction) for each registered family."""
+    task = make_case_task("family:linear")
+    cfg = parse_config({}, model_overrides(family)).model
+    model = build_model(cfg, task, torch.Generator().manual_seed(0)).double()
+    p = task.sample(4, torch.Generator().manual_seed(2), dtype=torch.float64)
+    states = model.layer_states(p.xs, p.ys, p.xq, p.descriptor)
+    readouts = model.layer_readouts(p.xs, p.ys, p.xq, p.descriptor)
+    assert len(states) == len(readouts) == model.num_layers >= 1
+    assert all(state.shape[:2] == (4, task.cfg.n_queries) for state in states)
+    torch.testing.assert_close(readouts[-1], model.predict(p.xs, p.ys, p.xq, p.descriptor), rtol=0, atol=1e-12)

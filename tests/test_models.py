@@ -9,7 +9,8 @@ from conftest import task_config
 from iclab.config import parse_config
 from iclab.constructions import gd_model
 from iclab.learners import GradientDescent, from_model
-from iclab.models import LSA, LSAShape, build_model, hook_names, run_with_cache
+from iclab.models import build_model, hook_names, run_with_cache
+from iclab.models.lsa import LSA, LSAShape
 from iclab.prompts import interleaved_tokens, stacked_tokens
 from iclab.tasks import make_task
 
@@ -120,11 +121,14 @@ def test_token_formats():
     assert z.shape == (1, 5, 2 + 1 + 4)
     torch.testing.assert_close(z[0, 1], torch.cat([p.xs[0, 1], p.ys[0, 1:2], p.descriptor[0]]))
     torch.testing.assert_close(z[0, 4], torch.cat([p.xq[0, 1], torch.zeros(1, dtype=F64), p.descriptor[0]]))
-    seq = interleaved_tokens(p.xs, p.ys, p.xq)
-    assert seq.shape == (1, 7, 2)
-    torch.testing.assert_close(seq[0, 2], p.xs[0, 1])
-    torch.testing.assert_close(seq[0, 3], torch.stack([p.ys[0, 1], torch.tensor(0.0, dtype=F64)]))
-    torch.testing.assert_close(seq[0, 6], p.xq[0, 0])
+    seq = interleaved_tokens(p.xs, p.ys, p.xq)  # one sequence per query: no query sees another
+    assert seq.shape == (1, 2, 7, 2)
+    for j in range(2):
+        torch.testing.assert_close(seq[0, j, 2], p.xs[0, 1])
+        torch.testing.assert_close(seq[0, j, 3], torch.stack([p.ys[0, 1], torch.tensor(0.0, dtype=F64)]))
+        torch.testing.assert_close(seq[0, j, 6], p.xq[0, j])
+    with pytest.raises(ValueError, match="no descriptor"):
+        interleaved_tokens(p.xs, p.ys, p.xq, p.descriptor)
 
 
 def test_unknown_hook_is_an_error():

@@ -15,8 +15,8 @@ from iclab.config import parse_config
 from iclab.constructions import functional_gd_model, gd_model
 from iclab.kernels import Kernel
 from iclab.learners import LeastSquares, from_model
-from iclab.models import LSA, LSAShape
-from iclab.probe import ProbeSettings, fit_linear_probes, layer_readouts, probe_model
+from iclab.models.lsa import LSA, LSAShape
+from iclab.probe import ProbeSettings, fit_linear_probes, probe_model
 from iclab.probe.candidates import candidate_families
 from iclab.probe.piecewise import plateau_stats, summarise, sweep_queries
 from iclab.probe.weights import compare_with_gd_construction
@@ -79,7 +79,7 @@ def test_one_layer_lsa_trained_to_the_optimum_matches_one_gd_step(tmp_path):
     """d=3, n=10 noiseless: the trained 1-layer LSA's top match is one GD step near lr* = n/(n+d+1)."""
     cfg = parse_config({}, ["task.d=3", "task.n=10", "train.steps=1500", "eval.batch_size=2000"])
     train(cfg, tmp_path / "run", progress=False)
-    from iclab.rundir import load_model
+    from iclab.runs import load_model
 
     model, cfg, _ = load_model(tmp_path / "run")
     settings = ProbeSettings(prompts=400, probe_prompts=400, queries=5, max_iterations=6, sweeps=2)
@@ -94,7 +94,7 @@ def test_linear_probe_recovers_a_linear_read_out():
     """Fitted to the model's own layer-ℓ read-out (minus the label slot), the probe is −e_label, intercept 0."""
     task, p = prompts(batch=300)
     model = gd_model(4, 2, 0.5)
-    for layer, readout in enumerate(layer_readouts(model, p.xs, p.ys, p.xq), start=1):
+    for layer, readout in enumerate(model.layer_readouts(p.xs, p.ys, p.xq), start=1):
         p.yq = readout
         coef = fit_linear_probes(model, p, alpha=0.0)[layer - 1].coef
         expected = torch.zeros(6, dtype=F64)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -12,10 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from iclab.cli import main
 from iclab.config import parse_config
-from iclab.rundir import RunDirError
+from iclab.rundir import CHECKPOINT_MAGIC, RunDirError, load_checkpoint
+from iclab.runs import load_model
 from iclab.train import train
 
 # Long enough (a few seconds) to be killed mid-run; checkpoints every 100 steps.
@@ -158,3 +163,39 @@ def test_leftover_temp_files_are_reported_then_removed(tmp_path, capsys):
     assert ".metrics.csv.tmp-12345" in capsys.readouterr().out
     train(parse_config({}, SHORT), out, progress=False)
     assert not [p for p in os.listdir(out) if ".tmp-" in p]
+
+
+class _RunsCode:
+    """Unpickling this calls ``Path.touch`` on a marker file: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys):
+    out = interrupted_run(tmp_path)
+    marker = tmp_path / "code-ran"
+    body = pickle.dumps({"step": 20, "model": _RunsCode(marker)}, protocol=2)
+    (out / "checkpoint.pt").write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(body).digest() + body)  # valid checksum
+    with pytest.raises(RunDirError, match="checkpoint.pt holds objects other than tensors"):
+        load_checkpoint(out / "checkpoint.pt")
+    assert main(["train", *SHORT, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint.pt" in err and "refusing" in err and err.count("\n") == 0
+    assert main(["check", str(out)]) == 1 and "BAD checkpoint.pt" in capsys.readouterr().out
+    assert not marker.exists()
+
+
+def test_a_float64_run_reloads_bit_identical(tmp_path):
+    out = tmp_path / "run"
+    train(parse_config({}, [*SHORT, "train.dtype=float64", "model.layers=2"]), out, progress=False)
+    saved = load_file(out / "model.safetensors")
+    model, _, _ = load_model(out)
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    for name, tensor in saved.items():
+        assert tensor.dtype == torch.float64 and state[name].dtype == torch.float64
+        assert torch.equal(state[name], tensor), name

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
+from concurrent.futures import Future
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 
 from iclab.cli import main
-from iclab.experiments.grid import train_grid
+from iclab.experiments import RECIPES, list_run_commands, reproduce
+from iclab.experiments.grid import execute, load_finished
+from iclab.experiments.recipe import RunSpec
 from iclab.train import TrainingDiverged
 
 
@@ -69,25 +75,25 @@ def test_newton_quick(tmp_path, capsys):
     assert (out / "figures" / "newton_map.png").exists() and (out / "probes" / "L2" / "report.md").exists()
 
 
-def test_train_grid_leaves_out_diverged_runs_when_allowed(tmp_path):
-    small = ["task.d=3", "task.n=6", "train.steps=3", "eval.batch_size=16"]
-    specs = {"ok": small, "bad": [*small, "train.diverge_loss=1e-9"]}
+def test_execute_leaves_out_diverged_runs_when_allowed(tmp_path):
+    small = ("task.d=3", "task.n=6", "train.steps=3", "eval.batch_size=16")
+    specs = [RunSpec("ok", small), RunSpec("bad", (*small, "train.diverge_loss=1e-9"))]
     with pytest.raises(TrainingDiverged):
-        train_grid(specs, tmp_path / "strict", progress=False)
+        execute(specs, tmp_path / "strict", progress=False)
     for _ in range(2):  # the second time, the diverged run dir is recognised without retraining
-        models = train_grid(specs, tmp_path / "lenient", progress=False, allow_diverged=True)
-        assert set(models) == {"ok"}
+        runs = execute(specs, tmp_path / "lenient", progress=False, allow_diverged=True)
+        assert runs == {"ok": tmp_path / "lenient" / "ok"}
 
 
-def test_train_grid_in_worker_processes_matches_sequential(tmp_path):
+def test_execute_in_worker_processes_matches_sequential(tmp_path):
     """--jobs trains in spawned workers; the weights equal a sequential run's (same config and seed)."""
-    specs = {
-        f"L{layers}": ["task.d=3", "task.n=6", f"model.layers={layers}", "train.steps=5", "train.batch_size=16",
-                       "eval.batch_size=32"]
+    specs = [
+        RunSpec(f"L{layers}", ("task.d=3", "task.n=6", f"model.layers={layers}", "train.steps=5",
+                               "train.batch_size=16", "eval.batch_size=32"))
         for layers in (1, 2)
-    }  # fmt: skip
-    sequential = train_grid(specs, tmp_path / "seq", progress=False)
-    parallel = train_grid(specs, tmp_path / "par", progress=False, jobs=2)
+    ]  # fmt: skip
+    sequential = load_finished(execute(specs, tmp_path / "seq", progress=False))
+    parallel = load_finished(execute(specs, tmp_path / "par", progress=False, jobs=2))
     for run_id, model in sequential.items():
         for (name, a), b in zip(model.state_dict().items(), parallel[run_id].state_dict().values(), strict=True):
             assert torch.equal(a, b), (run_id, name)
@@ -96,3 +102,64 @@ def test_train_grid_in_worker_processes_matches_sequential(tmp_path):
 def test_reproduce_rejects_nonpositive_jobs(capsys):
     assert main(["reproduce", "mlp_lsa", "--quick", "--jobs", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+class InlineExecutor:
+    """Runs each submitted call at once in this process and records it: what a cluster adapter looks like."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, fn, *args, **kwargs):
+        self.calls.append((fn, args, kwargs))
+        future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_reproduce_trains_through_a_given_executor(tmp_path):
+    """Every planned run goes through the executor's submit, with plain (picklable) arguments; the analysis
+    then loads the run dirs. A second call finds every run finished."""
+    recipe = RECIPES["nonlinear_responses"]
+    executor = InlineExecutor()
+    outcome = reproduce(recipe.name, tmp_path, quick=True, progress=False, executor=executor)
+    planned = recipe.plan(True)
+    assert len(executor.calls) == len(planned) and all(outcome["checks"].values())
+    assert [Path(args[1]) for _, args, _ in executor.calls] == [tmp_path / "runs" / spec.run_id for spec in planned]
+    assert all(isinstance(args[0], list) and isinstance(args[1], str) for _, args, _ in executor.calls)
+    again = InlineExecutor()
+    pd.testing.assert_frame_equal(
+        reproduce(recipe.name, tmp_path, quick=True, progress=False, executor=again)["results"], outcome["results"]
+    )
+    assert len(again.calls) == len(planned)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_list_run_commands_one_train_command_per_planned_run(tmp_path, name):
+    planned = RECIPES[name].plan(True)
+    commands = list_run_commands(name, tmp_path / "out dir", quick=True)
+    assert len(commands) == len(planned)
+    for command, spec in zip(commands, planned, strict=True):
+        words = shlex.split(command)
+        assert words[:2] == ["iclab", "train"] and words[-1] == "--quiet"
+        assert words[2:-3] == list(spec.overrides)
+        assert words[-3:-1] == ["--out", str(tmp_path / "out dir" / "runs" / spec.run_id)]
+
+
+def test_listed_commands_train_the_runs_reproduce_analyses(tmp_path):
+    """Running the listed commands (as a scheduler would) leaves nothing for reproduce to train: it only
+    analyses, and no file of a run dir changes."""
+    out = tmp_path / "nonlinear"
+    for command in list_run_commands("nonlinear_responses", out, quick=True):
+        words = shlex.split(command)
+        assert words[0] == "iclab" and main(words[1:]) == 0
+    trained = {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*")}
+    assert all(reproduce("nonlinear_responses", out, quick=True, progress=False)["checks"].values())
+    assert {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*")} == trained
+
+
+def test_cli_list_runs_prints_the_commands_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "newton", "--quick", "--list-runs", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == list_run_commands("newton", out, quick=True) and not out.exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iclab.cli import main
-from iclab.rundir import load_model
+from iclab.runs import load_model
 from iclab.theory import effective_gamma, lsa_loss, lsa_optimum, task_problem
 
 TINY = ["task.d=3", "task.n=8", "train.steps=40", "train.batch_size=128", "eval.batch_size=200", "eval.every=40"]

@@ -9,7 +9,8 @@ import torch
 from conftest import task_config
 from iclab.config import parse_config
 from iclab.learners import PreconditionedGD
-from iclab.models import LSA, LSAShape, build_model
+from iclab.models import build_model
+from iclab.models.lsa import LSA, LSAShape
 from iclab.tasks import make_task
 from iclab.theory import effective_bilinear, effective_gamma, lsa_from_bilinear, lsa_from_gamma
 

@@ -8,15 +8,18 @@ import pandas as pd
 import pytest
 import torch
 
-import iclab.train as train_module
 from iclab.config import parse_config
-from iclab.evaluate import query_loss
+from iclab.constructions import gd_model
+from iclab.evaluate import error_curve, query_loss
 from iclab.learners import GradientDescent, from_model
-from iclab.rundir import RunDirError, load_model
+from iclab.objectives import all_prefixes_objective, query_objective
+from iclab.rundir import RunDirError
+from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
+from iclab.tasks.linear import LinearTask
 from iclab.theory import isotropic_gd_optimum
-from iclab.train import TrainingDiverged, curriculum_sizes, learning_rate, sample_in_chunks, train
+from iclab.train import TrainingDiverged, curriculum_sizes, default_callbacks, learning_rate, train
 
 SMALL = [
     "task.d=3",
@@ -31,7 +34,9 @@ SMALL = [
 
 
 def small(*extra: str):
-    return parse_config({}, [*SMALL, *extra])
+    """SMALL with ``extra`` key=value items replacing its own."""
+    merged = dict(item.split("=", 1) for item in [*SMALL, *extra])
+    return parse_config({}, [f"{key}={value}" for key, value in merged.items()])
 
 
 def test_one_layer_lsa_reaches_the_exact_optimum(tmp_path):
@@ -52,7 +57,7 @@ def test_one_layer_lsa_reaches_the_exact_optimum(tmp_path):
     assert abs(summary["final_eval_loss"] - optimum.loss) <= max(0.03 * optimum.loss, 4 * summary["final_eval_sem"])
     # paired comparison on the same prompts: far tighter than the Monte Carlo error of either
     model, cfg, _ = load_model(tmp_path / "run")
-    prompts = sample_in_chunks(make_task(cfg.task, cfg.seed), 20000, make_generator(1, "check"), torch.float64)
+    prompts = make_task(cfg.task, cfg.seed).sample_in_chunks(20000, make_generator(1, "check"), torch.float64)
     trained = query_loss(from_model(model), prompts)[0]
     best = query_loss(GradientDescent(1, optimum.lr), prompts)[0]
     assert abs(trained - best) / best < 0.005  # measured: about 1e-4 over seeds 0, 1, 2
@@ -106,55 +111,46 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_after_an_interruption_gives_identical_metrics(tmp_path, monkeypatch):
+class InterruptAt:
+    """A callback that stops the loop (like a kill) right after step ``step``'s built-in callbacks ran."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, run) -> None:
+        if run.state.step == self.step:
+            raise Interrupt
+
+
+class PoisonedTask(LinearTask):
+    """The linear task, with a NaN label in the batch of training step ``step`` (its sample call 1 + step)."""
+
+    def __init__(self, cfg, seed: int, step: int) -> None:
+        super().__init__(cfg, seed)
+        self.calls, self.step = 0, step
+
+    def sample(self, *args, **kwargs):
+        self.calls += 1
+        prompts = super().sample(*args, **kwargs)
+        if self.calls == 1 + self.step:  # the held-out set, then one batch per step
+            prompts.ys[0, 0] = float("nan")
+        return prompts
+
+
+def test_resume_after_an_interruption_gives_identical_metrics(tmp_path):
     train(small(), tmp_path / "whole", progress=False)
-
-    original = train_module.make_task
-    calls = {"count": 0}
-
-    def interrupted_task(cfg, seed):
-        task = original(cfg, seed)
-        sample = task.sample
-
-        def flaky(*args, **kwargs):
-            calls["count"] += 1
-            if calls["count"] == 1 + 25:  # the held-out set, then 24 training batches
-                raise Interrupt
-            return sample(*args, **kwargs)
-
-        task.sample = flaky
-        return task
-
-    monkeypatch.setattr(train_module, "make_task", interrupted_task)
     with pytest.raises(Interrupt):
-        train(small(), tmp_path / "cut", progress=False)
+        train(small(), tmp_path / "cut", progress=False, callbacks=[*default_callbacks(), InterruptAt(24)])
     assert json.loads((tmp_path / "cut" / "model.json").read_text())["step"] == 20
-    monkeypatch.setattr(train_module, "make_task", original)
     train(small(), tmp_path / "cut", progress=False)
     assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (tmp_path / "whole" / "metrics.csv").read_bytes()
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    original = train_module.make_task
-
-    def poisoned_task(cfg, seed):
-        task = original(cfg, seed)
-        sample, calls = task.sample, {"count": 0}
-
-        def poisoned(*args, **kwargs):
-            calls["count"] += 1
-            prompts = sample(*args, **kwargs)
-            if calls["count"] == 1 + 25:  # training step 25
-                prompts.ys[0, 0] = float("nan")
-            return prompts
-
-        task.sample = poisoned
-        return task
-
-    monkeypatch.setattr(train_module, "make_task", poisoned_task)
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = small()
     out = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="step 25"):
-        train(small(), out, progress=False)
+    with pytest.raises(TrainingDiverged, match="step 25.*prompts of this step hold NaN"):
+        train(cfg, out, progress=False, task=PoisonedTask(cfg.task, cfg.seed, step=25))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and "step 25" in summary["message"]
     model, _, step = load_model(out)
@@ -163,8 +159,18 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypa
 
 
 def test_huge_loss_counts_as_divergence(tmp_path):
-    with pytest.raises(TrainingDiverged, match="step 1"):
+    with pytest.raises(TrainingDiverged, match="step 1 .*at initialisation .*model.init_scale"):
         train(small("model.init_scale=1000"), tmp_path / "run", progress=False)
+
+
+def test_divergence_advice_fits_the_cause(tmp_path):
+    """A learning rate that blows up after a good start: with clipping on, the advice is to lower the rate."""
+    cfg = small("train.lr=1e3", "train.lr_schedule=constant", "train.grad_clip=1.0")
+    with pytest.raises(TrainingDiverged, match="already clipped at 1: lower train.lr"):
+        train(cfg, tmp_path / "clipped", progress=False)
+    with pytest.raises(TrainingDiverged, match="set train.grad_clip"):
+        train(small("train.lr=1e3", "train.lr_schedule=constant"), tmp_path / "plain",
+              progress=False)  # fmt: skip
 
 
 def test_curriculum_and_schedule():
@@ -213,3 +219,29 @@ def test_float64_sparse_balanced_training(tmp_path):
     )
     model, _, _ = load_model(tmp_path / "run")
     assert summary["status"] == "finished" and next(model.parameters()).dtype == torch.float64
+
+
+def test_all_prefixes_objective_is_the_mean_error_over_prefixes():
+    """Against a loop: the loss after each prefix k (a model on the first k examples), averaged over k."""
+    task = make_task(small("task.n_queries=3").task, seed=0)
+    model = gd_model(3, 2, 0.4)
+    batch = task.sample(50, make_generator(0, "objective"), dtype=torch.float64)
+    per_prefix = [
+        ((model.predict(batch.xs[:, :k], batch.ys[:, :k], batch.xq) - batch.yq) ** 2).mean() for k in range(1, 11)
+    ]
+    torch.testing.assert_close(all_prefixes_objective(model, batch), torch.stack(per_prefix).mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(query_objective(model, batch), per_prefix[-1], rtol=1e-12, atol=0)
+
+
+def test_training_on_all_prefixes_helps_short_contexts(tmp_path):
+    """A one-layer LSA trained on every prefix beats the one trained at n = 10 only on short contexts (it
+    cannot be optimal at every length: its step size is a compromise), and loses at the full context."""
+    curves = {}
+    for objective in ("query", "all_prefixes"):
+        out = tmp_path / objective
+        train(small(f"train.objective={objective}", "train.steps=300", "model.param=sparse"), out, progress=False)
+        model, cfg, _ = load_model(out)
+        prompts = make_task(cfg.task, cfg.seed).sample_in_chunks(4000, make_generator(0, "prefixes"), torch.float64)
+        curves[objective] = error_curve(from_model(model), prompts).mse
+    assert curves["all_prefixes"][1] < curves["query"][1]  # 2 examples
+    assert curves["all_prefixes"][-1] > curves["query"][-1]  # 10 examples

@@ -49,7 +49,7 @@ def verify_run_dir(run_dir: str | Path) -> list[tuple[str, bool, str]]:
     def config() -> str:
         nonlocal cfg
         cfg = read_config(run_dir)
-        return f"task {cfg.task.name} d={cfg.task.d} n={cfg.task.n}, model {cfg.model.name} x{cfg.model.layers}"
+        return f"task {cfg.task.name} d={cfg.task.d} n={cfg.task.n}, model {cfg.model.name}"
 
     def checkpoint() -> str:
         step = load_checkpoint(run_dir / CHECKPOINT_FILE)["step"]

@@ -1,26 +1,63 @@
-"""The ``iclab`` command: train, eval, demo. User errors exit with code 2 and one line, no traceback."""
+"""The ``iclab`` command: train, eval, check, probe, reproduce, demo, config, theory. User errors exit with
+code 2 and one line, no traceback. ``iclab --help`` imports no torch; a verb's ``--help`` lists what the
+registries hold (config keys, learners, recipes), read when that help is asked for."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from iclab.config import load_config
-from iclab.errors import UserError
+from iclab.errors import UsageError, UserError
+from iclab.validate import check_flag
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a stop by SIGINT
-# iclab.learners.specs.SPEC_NAMES, spelled out so that --help need not import torch (a test keeps them equal)
-EVAL_LEARNERS = (
-    "least_squares", "ols", "ridge", "gd", "pgd", "newton", "averaging", "knn", "zero", "fgd", "kernel_ridge",
-    "gp_posterior",
-)  # fmt: skip
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 
-class UsageError(UserError):
-    """A bad command-line value other than a config key (device, run dir)."""
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose help may end with text made only when the help is shown (``details``)."""
+
+    def __init__(self, *args, details: Callable[[], str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # no abbreviations: "--f" must not stand for --force
+        super().__init__(*args, **kwargs)
+        self._details = details
+
+    def format_help(self) -> str:
+        if self._details is not None:
+            self.epilog = self._details()
+        return super().format_help()
+
+
+def _config_keys_help() -> str:
+    from iclab.config import key_rows
+
+    lines = ["config keys: key, default, allowed values, meaning (a family's own keys name the family):"]
+    for row in key_rows():
+        lines.append(
+            f"  {row.key:<28} {row.default:<9} " + (f"[{row.allowed}] " if row.allowed else "") + row.described()
+        )
+    return "\n".join(lines)
+
+
+def _learners_help() -> str:
+    from iclab.learners.specs import LEARNER_SPECS
+
+    specs = [f"{spec.name}[:{':'.join(f'{k}=' for k in spec.keys)}]" if spec.keys else spec.name
+             for spec in LEARNER_SPECS.values()]  # fmt: skip
+    return "learners: " + ", ".join(specs)
+
+
+def _recipes_help() -> str:
+    from iclab.experiments import RECIPES
+
+    return "recipes:\n" + "\n".join(f"  {r.name:<20} {r.paper}: {r.claim}" for r in RECIPES.values())
 
 
 def _check_device(device: str) -> str:
@@ -66,8 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from iclab.run_eval import curve_table, evaluate_run
 
-    if args.batch_size < 2:
-        raise UsageError(f"--batch-size must be >= 2, got {args.batch_size}")
+    check_flag("--batch-size", args.batch_size, ge=2, integer=True)
     curves = evaluate_run(args.run_dir, args.learners, batch_size=args.batch_size, device=_check_device(args.device))
     if args.json:
         print(json.dumps([c.to_dict() for c in curves]))
@@ -94,12 +130,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     for flag, value, low in (("--prompts", args.prompts, 2), ("--queries", args.queries, 1),
                              ("--max-iterations", args.max_iterations, 0), ("--sweeps", args.sweeps, 1)):  # fmt: skip
-        if value < low:
-            raise UsageError(f"{flag} must be >= {low}, got {value}")
+        check_flag(flag, value, ge=low, integer=True)
     if args.metric not in ("difference", "sime"):
         raise UsageError(f"--metric must be one of difference, sime; got {args.metric!r}")
-    if args.first_prefix is not None and args.first_prefix < 1:
-        raise UsageError(f"--first-prefix must be >= 1, got {args.first_prefix}")
+    if args.first_prefix is not None:
+        check_flag("--first-prefix", args.first_prefix, ge=1, integer=True)
     settings = ProbeSettings(prompts=args.prompts, queries=args.queries, first_prefix=args.first_prefix,
                              max_iterations=args.max_iterations, metric=args.metric, sweeps=args.sweeps,
                              seed=args.seed)  # fmt: skip
@@ -112,19 +147,31 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from iclab.experiments import RECIPES, reproduce
+    from iclab.experiments import RECIPES, list_run_commands, reproduce
 
     if args.name not in RECIPES:
         raise UsageError(f"unknown reproduction {args.name!r}; choose from {', '.join(RECIPES)}")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be a positive integer, got {args.jobs}")
+    check_flag("--jobs", args.jobs, ge=1, integer=True)
     out = Path(args.out or f"runs/reproduce/{args.name}{'-quick' if args.quick else ''}")
+    if args.list_runs:
+        print("\n".join(list_run_commands(args.name, out, quick=args.quick)))
+        return 0
     device = _check_device(args.device)
     outcome = reproduce(args.name, out, quick=args.quick, device=device, progress=not args.quiet, jobs=args.jobs)
     for claim, ok in outcome["checks"].items():
         print(f"{'yes' if ok else 'NO '}  {claim}")
     figures = f"; figures: {out / 'figures'}" if (out / "figures").is_dir() else ""
     print(f"report: {out / 'report.md'}{figures}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from iclab.config import config_to_yaml, key_table
+
+    if args.config_verb == "keys":
+        print(key_table(), end="")
+        return 0
+    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 
@@ -136,17 +183,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="iclab", description="The science of in-context learning.", allow_abbrev=False
-    )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser = _Parser(prog="iclab", description="The science of in-context learning.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
 
     train = verbs.add_parser(
         "train",
-        allow_abbrev=False,  # no abbreviations: "--f" must not stand for --force
         help="train a model on in-context prompts",
         description="Train a model; config from --config YAML and key=value overrides "
         "(e.g. task.d=5 model.layers=2 train.lr=1e-3).",
+        details=_config_keys_help,
     )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     train.add_argument("--config", help="YAML config file")
@@ -158,11 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = verbs.add_parser(
         "eval",
-        allow_abbrev=False,
         help="error vs number of examples: a run's model beside learners",
-        description="Evaluate a trained run beside reference learners on the same prompts. "
-        f"Learners: {', '.join(EVAL_LEARNERS)}, with parameters as name:key=value "
-        "(e.g. gd:steps=2:lr=0.5 ridge:alpha=0.1 knn:k=5).",
+        description="Evaluate a trained run beside reference learners on the same prompts. Learners take "
+        "parameters as name:key=value (e.g. gd:steps=2:lr=0.5 ridge:alpha=0.1 knn:k=5).",
+        details=_learners_help,
     )
     ev.add_argument("run_dir", help="a run dir made by iclab train")
     ev.add_argument("--learners", nargs="+", metavar="SPEC", help="default: gd least_squares averaging zero")
@@ -173,7 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = verbs.add_parser(
         "check",
-        allow_abbrev=False,
         help="verify the files of a run dir",
         description="Verify every file of a run dir (parsable, checksums, matching configs, no leftovers). "
         "Exit 0 when all are fine, 1 otherwise.",
@@ -183,7 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = verbs.add_parser(
         "probe",
-        allow_abbrev=False,
         help="which algorithm does each layer of a trained model run",
         description="Probe a trained run layer by layer: read-outs and linear probes, the best match among GD-k, "
         "preconditioned GD-k, Newton-Schulz-k, ridge, least squares and functional GD-k (prediction difference, "
@@ -207,23 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = verbs.add_parser(
         "reproduce",
-        allow_abbrev=False,
         help="reproduce a published result (a grid of runs, figures, report.md)",
         description="Reproduce a published claim: trains its grid of runs (resumable), evaluates them beside "
-        "the reference algorithms and writes results.csv, figures/ and report.md. "
-        "Recipes: functional_gd, mlp_lsa, newton, nonlinear_responses.",
+        "the reference algorithms and writes results.csv, figures/ and report.md.",
+        details=_recipes_help,
     )
     rep.add_argument("name", help="recipe name, e.g. functional_gd")
     rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")
     rep.add_argument("--out", help="output folder (default runs/reproduce/NAME[-quick])")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes (default 1)")
+    rep.add_argument("--list-runs", action="store_true",
+                     help="print one `iclab train …` command per run (for any scheduler) and exit")  # fmt: skip
     _add_device(rep)
     rep.set_defaults(func=cmd_reproduce)
 
     demo = verbs.add_parser(
         "demo",
-        allow_abbrev=False,
         help="train a 1-layer LSA and compare it with one GD step and OLS",
         description="Train a 1-layer LSA on d=5, n=20 linear regression (about a minute "
         "on a CPU) and print its loss beside the optimal GD step and OLS.",
@@ -233,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(demo)
     demo.set_defaults(func=cmd_demo)
+
+    config = verbs.add_parser(
+        "config",
+        help="the resolved config as YAML, or the table of every key",
+        description="`iclab config show [key=value …]` prints the resolved config as YAML (what `iclab train` "
+        "would record); `iclab config keys` prints every key with its default, allowed values and meaning.",
+    )
+    config_verbs = config.add_subparsers(dest="config_verb", required=True, metavar="COMMAND", parser_class=_Parser)
+    show = config_verbs.add_parser("show", help="the resolved config as YAML", details=_config_keys_help)
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    show.add_argument("--config", help="YAML config file")
+    config_verbs.add_parser("keys", help="every key: default, allowed values, meaning (markdown)")
+    config.set_defaults(func=cmd_config)
 
     from iclab.cli_theory import register as register_theory
 

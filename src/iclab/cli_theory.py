@@ -9,11 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _usage_error(message: str) -> Exception:
-    from iclab.cli import UsageError
-
-    return UsageError(message)
+from iclab.errors import UsageError, UserError
+from iclab.validate import check_flag, check_number
 
 
 def _parse_n(text: str) -> float:
@@ -22,9 +19,9 @@ def _parse_n(text: str) -> float:
     try:
         value = int(text)
     except ValueError:
-        raise _usage_error(f"--n must be an integer >= 1 or inf, got {text!r}") from None
+        raise UsageError(f"--n must be an integer >= 1 or inf, got {text!r}") from None
     if value < 1:
-        raise _usage_error(f"--n must be an integer >= 1 or inf, got {text!r}")
+        raise UsageError(f"--n must be an integer >= 1 or inf, got {text!r}")
     return value
 
 
@@ -32,13 +29,11 @@ def _parse_list(text: str | None, flag: str, length: int | None = None) -> list[
     if text is None:
         return None
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [check_number(flag, float(v), gt=0.0) for v in text.split(",")]
     except ValueError:
-        raise _usage_error(f"{flag} must be comma-separated positive numbers, got {text!r}") from None
-    if any(not (math.isfinite(v) and v > 0) for v in values):
-        raise _usage_error(f"{flag} must be comma-separated positive numbers, got {text!r}")
+        raise UsageError(f"{flag} must be comma-separated positive numbers, got {text!r}") from None
     if length is not None and len(values) != length:
-        raise _usage_error(f"{flag} needs {length} values (one per dimension), got {len(values)}")
+        raise UsageError(f"{flag} needs {length} values (one per dimension), got {len(values)}")
     return values
 
 
@@ -57,12 +52,9 @@ def _run(func):
         try:
             return func(args)
         except ValueError as err:
-            from iclab.config import ConfigError
-            from iclab.rundir import RunDirError
-
-            if isinstance(err, (ConfigError, RunDirError)):
+            if isinstance(err, UserError):
                 raise
-            raise _usage_error(str(err)) from None
+            raise UsageError(str(err)) from None
 
     return wrapped
 
@@ -71,8 +63,7 @@ def _run(func):
 def cmd_optimum(args: argparse.Namespace) -> int:
     from iclab.theory.lsa import lsa_optimum
 
-    if args.d < 1:
-        raise _usage_error(f"--d must be >= 1, got {args.d}")
+    check_flag("--d", args.d, ge=1, integer=True)
     n = _parse_n(args.n)
     x_diag = _parse_list(args.x_cov_diag, "--x-cov-diag", args.d)
     w_diag = _parse_list(args.w_cov_diag, "--w-cov-diag", args.d)
@@ -103,20 +94,24 @@ def cmd_optimum(args: argparse.Namespace) -> int:
 
 @_run
 def cmd_compare(args: argparse.Namespace) -> int:
-    from iclab.rundir import SUMMARY_FILE, load_model, read_json
+    from iclab.rundir import SUMMARY_FILE, read_json
+    from iclab.runs import load_model
     from iclab.tasks import make_task
     from iclab.theory.descriptors import task_problem
     from iclab.theory.lsa import lsa_loss, lsa_optimum
     from iclab.theory.lsa_weights import effective_bilinear, effective_gamma
 
     model, cfg, step = load_model(Path(args.run_dir))
-    if cfg.model.name != "lsa" or cfg.model.layers != 1:
-        raise _usage_error(f"compare needs a one-layer LSA run, got model.layers={cfg.model.layers}")
+    if cfg.model.name != "lsa" or model.num_layers != 1 or cfg.task.name != "linear":
+        raise UsageError(
+            f"compare needs a one-layer LSA run on a linear task, got {cfg.model.name} with {model.num_layers} "
+            f"layer(s) on task.name={cfg.task.name}"
+        )
     summary = read_json(Path(args.run_dir) / SUMMARY_FILE)
     task = cfg.task
     if task.x_mean_std == 0 and task.descriptor == "none":
         if task.rotation == "per_prompt":
-            raise _usage_error("task.rotation=per_prompt is not covered by the exact theory")
+            raise UsageError("task.rotation=per_prompt is not covered by the exact theory")
         sampler = make_task(task, cfg.seed)
         covs = (sampler.x_cov.numpy(), sampler.w_cov.numpy(), task.noise_std)
         opt = lsa_optimum(task.n, *covs)
@@ -176,7 +171,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     cfg = parse_config({}, args.overrides)
     n = math.inf if args.n_infinite else cfg.task.n
     if args.n_infinite and args.sgd_steps > 0:
-        raise _usage_error("--sgd-steps needs a finite n (SGD samples prompts of task.n examples)")
+        raise UsageError("--sgd-steps needs a finite n (SGD samples prompts of task.n examples)")
     problem = task_problem(cfg.task, cfg.seed, n=n)
     a0, v0 = initial_weights(problem.features, args.init, args.init_scale, args.seed)
     t_max = args.t_max if args.sgd_steps == 0 else max(args.t_max, args.sgd_lr * args.sgd_steps)

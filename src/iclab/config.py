@@ -1,338 +1,358 @@
-"""Typed run configuration: dataclasses, YAML loading, dotted ``key=value`` overrides, validation.
+"""Typed run configuration, declared once (pydantic): sections, family configs, YAML and ``key=value``.
 
-Every user-facing value passes through :func:`parse_config`, which raises :class:`ConfigError` with one
-line naming the key, what is allowed and what was given. The CLI turns that into exit code 2.
+``task.name`` and ``model.name`` select the family's own config class from :mod:`iclab.registry` (each
+family declares its keys in its own file), so a key of another family is an error that names it. Every
+user-facing value passes through :func:`parse_config`, which raises :class:`ConfigError` with one line
+naming the key, what is allowed and what was given; the CLI turns that into exit code 2. The key table in
+docs/usage.md, ``iclab config keys`` and ``iclab train --help`` are generated from these declarations.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from iclab.errors import UserError
+from iclab.registry import MODELS, TASKS, Registry
+
+NONE_WORDS = ("none", "null", "~")
 
 
 class ConfigError(UserError):
     """A bad configuration value; the message names the key, the allowed values and what was given."""
 
 
-def _spec(
-    default: Any,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    choices: tuple[str, ...] | None = None,
-    doc: str = "",
-) -> Any:
-    """A dataclass field with its range or choices recorded in metadata (checked by :func:`validate`)."""
-    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+# --------------------------------------------------------------------------- the declarative layer
 
 
-@dataclass
-class TaskConfig:
-    """What prompts look like (see :mod:`iclab.tasks.linear` and :mod:`iclab.tasks.gp`)."""
-
-    name: str = _spec("linear", choices=("linear", "gp"), doc="task family")
-    d: int = _spec(5, ge=1, doc="input dimension")
-    n: int = _spec(20, ge=1, doc="context length (number of labelled examples)")
-    n_queries: int = _spec(1, ge=1, doc="query points per prompt")
-    noise_std: float = _spec(0.0, ge=0.0, doc="label noise std (context and query labels)")
-    x_cov_diag: tuple[float, ...] | None = _spec(None, gt=0.0, doc="diagonal of the x covariance")
-    condition_number: float | None = _spec(None, ge=1.0, doc="x covariance spectrum 1 .. 1/kappa")
-    rotation: str = _spec("none", choices=("none", "fixed", "per_prompt"), doc="random eigenbasis of x cov")
-    w_cov: str = _spec("identity", choices=("identity", "diag", "inverse_x"), doc="covariance of w")
-    w_cov_diag: tuple[float, ...] | None = _spec(None, gt=0.0, doc="diagonal of the w covariance")
-    x_mean_std: float = _spec(0.0, ge=0.0, doc="std tau of the per-prompt mean mu ~ N(0, tau^2 I)")
-    n_means: int = _spec(0, ge=0, doc="K > 0: mu drawn uniformly from K fixed means")
-    descriptor: str = _spec("none", choices=("none", "mean", "onehot"), doc="side information for the model")
-    response: str = _spec(
-        "identity", choices=("identity", "relu", "tanh", "cubic", "square"), doc="linear task: y = f(wᵀx) + noise"
-    )
-    random_sign: bool = _spec(False, doc="linear task: y = ±f(wᵀx), the sign drawn per prompt")
-    kernel: str = _spec("linear", choices=("linear", "relu", "exp"), doc="gp task: covariance kernel h(xᵀx'/s)")
-    kernel_scale: float = _spec(1.0, gt=0.0, doc="gp task: the kernel's scale s")
-    x_dist: str = _spec("gaussian", choices=("gaussian", "sphere"), doc="gp task: x ~ N(0, I) or uniform on S^{d-1}")
+def _allows_none(annotation: Any) -> bool:
+    return (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union) and type(
+        None
+    ) in typing.get_args(annotation)
 
 
-@dataclass
-class ModelConfig:
-    """The model trained on the prompts (see :mod:`iclab.models`)."""
-
-    name: str = _spec("lsa", choices=("lsa", "kernel_attention", "mlp_lsa"), doc="model family")
-    layers: int = _spec(1, ge=1, doc="number of attention layers")
-    heads: int = _spec(1, ge=1, doc="attention heads per layer")
-    param: str = _spec(
-        "full", choices=("full", "sparse", "block"), doc="free matrices, the theory's sparse form, or sparse + GD++"
-    )
-    init: str = _spec("gaussian", choices=("gaussian", "zero_block", "balanced"), doc="initialisation")
-    init_scale: float = _spec(0.1, ge=0.0, doc="scale of the initial weights")
-    activation: str = _spec(
-        "linear", choices=("linear", "relu", "exp", "softmax"), doc="kernel_attention: h applied to the scores"
-    )
-    mlp_hidden: int = _spec(64, ge=1, doc="mlp_lsa: hidden width of the feature MLP")
-    feature_dim: int = _spec(16, ge=1, doc="mlp_lsa: dimension of the learned features")
+def _inner(annotation: Any) -> Any:
+    """``X`` for ``X | None``, else the annotation itself."""
+    if _allows_none(annotation):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
 
 
-@dataclass
-class CurriculumConfig:
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys forbidden, values finite, instances immutable. Command-line strings are
+    read by the field's type: ``none`` clears an optional, ``1,2,3`` is a list; booleans are not numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_strings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None:
+                continue
+            inner = _inner(field.annotation)
+            if isinstance(value, str):
+                value = value.strip()
+                if _allows_none(field.annotation) and value.lower() in NONE_WORDS:
+                    value = None
+                elif typing.get_origin(inner) is tuple:
+                    value = [item.strip() for item in value.split(",")]
+            if isinstance(value, bool) and inner in (int, float):
+                raise ValueError(f"{name} must be {_type_name(inner)}, got {value!r}")
+            out[name] = value
+        return out
+
+    def with_changes(self, **changes: Any) -> Section:
+        """A validated copy with some fields changed (e.g. ``task.with_changes(n_queries=10)``)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+class TaskConfig(Section):
+    """What every task family's config has; a family subclasses it with ``name: Literal["<its name>"]``
+    and its own keys (see :mod:`iclab.tasks`)."""
+
+    name: str = Field("linear", description="task family")
+    d: int = Field(5, ge=1, description="input dimension")
+    n: int = Field(20, ge=1, description="context length (number of labelled examples)")
+    n_queries: int = Field(1, ge=1, description="query points per prompt (scored independently)")
+    noise_std: float = Field(0.0, ge=0.0, description="label noise std σ (context and query labels)")
+
+
+class ModelConfig(Section):
+    """What every model family's config has; a family subclasses it (see :mod:`iclab.models`)."""
+
+    name: str = Field("lsa", description="model family")
+
+
+class CurriculumConfig(Section):
     """Garg et al. (2022) curriculum: start small, grow d and n every ``every`` steps."""
 
-    enabled: bool = _spec(False, doc="use the curriculum")
-    d_start: int = _spec(5, ge=1, doc="active dimensions at step 0")
-    d_step: int = _spec(1, ge=0, doc="dimensions added per stage")
-    n_start: int = _spec(11, ge=1, doc="context length at step 0")
-    n_step: int = _spec(2, ge=0, doc="examples added per stage")
-    every: int = _spec(2000, ge=1, doc="steps per stage")
+    enabled: bool = Field(False, description="use the curriculum (unused x coordinates are zeroed)")
+    d_start: int = Field(5, ge=1, description="active dimensions at step 0")
+    d_step: int = Field(1, ge=0, description="dimensions added per stage")
+    n_start: int = Field(11, ge=1, description="context length at step 0")
+    n_step: int = Field(2, ge=0, description="examples added per stage")
+    every: int = Field(2000, ge=1, description="steps per stage")
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Optimisation (Adam, fresh prompts every step)."""
 
-    steps: int = _spec(4000, ge=0, doc="optimiser steps")
-    batch_size: int = _spec(1024, ge=1, doc="prompts per step")
-    lr: float = _spec(1e-2, gt=0.0, doc="Adam learning rate")
-    lr_schedule: str = _spec("cosine", choices=("constant", "cosine"), doc="learning-rate schedule")
-    warmup_steps: int = _spec(0, ge=0, doc="linear warm-up steps")
-    beta1: float = _spec(0.9, ge=0.0, le=1.0, doc="Adam beta1")
-    beta2: float = _spec(0.999, ge=0.0, le=1.0, doc="Adam beta2")
-    weight_decay: float = _spec(0.0, ge=0.0, doc="AdamW weight decay")
-    grad_clip: float | None = _spec(None, gt=0.0, doc="max gradient norm (none: no clipping)")
-    dtype: str = _spec("float32", choices=("float32", "float64"), doc="training precision")
-    checkpoint_every: int = _spec(1000, ge=1, doc="steps between checkpoints")
-    log_every: int = _spec(50, ge=1, doc="steps between metrics rows")
-    diverge_loss: float = _spec(1e8, gt=0.0, doc="a training loss above this stops the run")
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    steps: int = Field(4000, ge=0, description="optimiser steps")
+    batch_size: int = Field(1024, ge=1, description="prompts per step")
+    objective: Literal["query", "all_prefixes"] = Field(
+        "query", description="loss at the queries, or averaged over every context prefix 1..n (Garg et al.)"
+    )
+    lr: float = Field(1e-2, gt=0.0, description="Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="Adam beta1")
+    beta2: float = Field(0.999, ge=0.0, lt=1.0, description="Adam beta2")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm (none: no clipping)")
+    dtype: Literal["float32", "float64"] = Field("float32", description="training precision")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
+    log_every: int = Field(50, ge=1, description="steps between metrics rows")
+    diverge_loss: float = Field(1e8, gt=0.0, description="a training loss above this (or NaN/inf) stops the run")
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Section):
     """Held-out evaluation."""
 
-    batch_size: int = _spec(10000, ge=1, doc="prompts in the held-out and the final evaluation sets")
-    every: int = _spec(500, ge=1, doc="steps between held-out evaluations")
+    batch_size: int = Field(10000, ge=1, description="prompts in the held-out and the final evaluation sets")
+    every: int = Field(500, ge=1, description="steps between held-out evaluations")
 
 
-@dataclass
-class Config:
+FAMILY_SECTIONS: dict[str, Registry] = {"task": TASKS, "model": MODELS}
+
+
+def family_config(section: str, name: str) -> type[Section]:
+    """The config class of the ``section`` ("task" or "model") family ``name``; ConfigError if unknown."""
+    try:
+        return FAMILY_SECTIONS[section].get(name).config
+    except UserError as err:
+        raise ConfigError(str(err)) from None
+
+
+class Config(Section):
     """A whole run: seed, task, model, training and evaluation."""
 
-    seed: int = _spec(0, ge=0, doc="seed of every random draw")
-    task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = Field(0, ge=0, description="seed of every random stream of the run")
+    task: SerializeAsAny[TaskConfig] = Field(default_factory=lambda: family_config("task", "linear")())
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=lambda: family_config("model", "lsa")())
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_classes(cls, data: Any) -> Any:
+        """A task/model mapping is validated by its family's class (``name`` selects it)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for section, default in (("task", "linear"), ("model", "lsa")):
+            value = data.get(section)
+            if isinstance(value, dict):
+                out[section] = family_config(section, str(value.get("name", default))).model_validate(value)
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        c, t = self.train.curriculum, self.task
+        if c.enabled and (c.d_start > t.d or c.n_start > t.n):
+            raise ValueError(
+                f"train.curriculum.d_start/n_start must be <= task.d/task.n ({t.d}/{t.n}), got {c.d_start}/{c.n_start}"
+            )
+        if self.train.warmup_steps > self.train.steps:
+            raise ValueError(
+                f"train.warmup_steps must be <= train.steps={self.train.steps}, got {self.train.warmup_steps}"
+            )
+        return self
 
 
-# --------------------------------------------------------------------------- parsing
+# --------------------------------------------------------------------------- errors as one line
 
 
 def _type_name(tp: Any) -> str:
-    if tp is bool:
-        return "a boolean (true/false)"
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a number"
-    if tp is str:
-        return "a string"
-    return "a comma-separated list of numbers"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, "a comma-separated list of numbers"
+    )
 
 
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    """Return (inner type, whether None is allowed) for ``X | None``."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
+def _quote(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _parse_value(key: str, raw: Any, tp: Any) -> Any:
-    """Convert ``raw`` (a YAML value or a command-line string) to ``tp``; raise ConfigError otherwise."""
-    inner, optional = _strip_optional(tp)
-    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null", "~"))):
-        return None
-    bad = ConfigError(f"{key} must be {_type_name(inner)}, got {raw!r}")
-    if inner is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-            return raw.strip().lower() in ("true", "1", "yes")
-        raise bad
-    if inner is int:
-        if isinstance(raw, bool):
-            raise bad
-        if isinstance(raw, int):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        if isinstance(raw, str):
-            try:
-                return int(raw.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if inner is float:
-        if isinstance(raw, bool):
-            raise bad
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise bad from None
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {raw!r}")
-        return value
-    if inner is str:
-        if not isinstance(raw, str):
-            raise bad
-        return raw.strip()
-    # tuple[float, ...]
-    items = raw.split(",") if isinstance(raw, str) else raw
-    if not isinstance(items, (list, tuple)) or len(items) == 0:
-        raise bad
+def _field_at(cls: type[Section], loc: tuple) -> tuple[str, Any, Any]:
+    """(dotted key, annotation, owning section class) of the field an error location points at."""
+    parts, owner, annotation = [], cls, None
+    for item in loc:
+        if isinstance(item, int) or owner is None:
+            break
+        parts.append(str(item))
+        field = owner.model_fields.get(str(item))
+        annotation = field.annotation if field is not None else None
+        owner = annotation if _is_section(annotation) else None
+    return ".".join(parts), annotation, owner
+
+
+def _other_families(section: str, key: str) -> list[str]:
+    """Names of the ``section`` families that do have the setting ``key``."""
+    registry = FAMILY_SECTIONS[section]
+    return [entry.name for entry in registry if entry.config is not None and key in entry.config.model_fields]
+
+
+def _message(error: dict, cls: type[Section], prefix: str, container: Any, value: Any) -> str:
+    """One line for a pydantic error of ``cls`` validated under the dotted ``prefix``; ``container`` is the
+    mapping that holds the offending field and ``value`` the field's whole given value."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    rel, annotation, _ = _field_at(cls, loc)
+    key = f"{prefix}{rel}" if rel else prefix.rstrip(".")
+    if kind == "extra_forbidden":
+        parent_rel, _, name = rel.rpartition(".")
+        parent_cls = _field_at(cls, loc[:-1])[2] if len(loc) > 1 else cls
+        section = (prefix + parent_rel).rstrip(".")
+        if section in FAMILY_SECTIONS and isinstance(container, dict):
+            family = container.get("name", cls.model_fields["name"].default)
+            owners = _other_families(section, name)
+            if owners:
+                owned = "/".join(owners)
+                return f"{key} is not a setting of {section}.name={family} (it is one of {section}.name={owned})"
+        keys = ", ".join(parent_cls.model_fields) if parent_cls is not None else ""
+        return f"unknown key {key!r}: " + (f"{section} has {keys}" if section else f"allowed top-level keys are {keys}")
+    if _is_section(annotation):
+        return f"{key} is a section with keys {', '.join(annotation.model_fields)}; got {_quote(value)}"
+    if isinstance(value, dict):
+        return f"unknown key {key + '.' + str(next(iter(value), ''))!r}: {key} is not a section"
+    inner = _inner(annotation)
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        shown = value if isinstance(value, str) else _quote(value)  # a number as typed
+        return f"{key} must be {bounds[kind]} {next(iter(ctx.values())):g}, got {shown}"
+    if typing.get_origin(inner) is Literal:
+        return f"{key} must be one of {', '.join(map(str, typing.get_args(inner)))}; got {_quote(value)}"
+    if kind == "finite_number":
+        return f"{key} must be a finite number, got {_quote(value)}"
+    return f"{key} must be {_type_name(inner)}, got {_quote(value)}"
+
+
+def validate_section(cls: type[Section], data: Any, prefix: str = "") -> Section:
+    """``cls.model_validate(data)`` with the first error as a one-line ConfigError naming the dotted key."""
+    if not isinstance(data, dict):
+        section = prefix.rstrip(".")
+        raise ConfigError(f"{section} is a section with keys {', '.join(cls.model_fields)}; got {_quote(data)}")
     try:
-        return tuple(_parse_value(key, item, float) for item in items)
-    except ConfigError:
-        raise bad from None
-
-
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _check_range(key: str, value: Any, f: dataclasses.Field) -> None:
-    meta = f.metadata
-    if value is None:
-        return
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        raise ConfigError(f"{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
-    values = value if isinstance(value, tuple) else (value,)
-    for v in values:
-        if isinstance(v, str) or isinstance(v, bool):
-            continue
-        if meta.get("ge") is not None and v < meta["ge"]:
-            raise ConfigError(f"{key} must be >= {meta['ge']:g}, got {value!r}")
-        if meta.get("gt") is not None and v <= meta["gt"]:
-            raise ConfigError(f"{key} must be > {meta['gt']:g}, got {value!r}")
-        if meta.get("le") is not None and v > meta["le"]:
-            raise ConfigError(f"{key} must be <= {meta['le']:g}, got {value!r}")
-
-
-def _set_path(cfg: Any, key: str, raw: Any) -> None:
-    """Set the dotted ``key`` of the dataclass tree ``cfg`` to ``raw`` parsed by the field's type."""
-    parts = key.split(".")
-    node = cfg
-    for depth, part in enumerate(parts):
-        fields = _fields(type(node))
-        prefix = ".".join(parts[:depth])
-        if part not in fields:
-            where = f"{prefix} has" if prefix else "allowed top-level keys are"
-            raise ConfigError(f"unknown key {key!r}: {where} {', '.join(fields)}")
-        f = fields[part]
-        hints = typing.get_type_hints(type(node))
-        tp = hints[part]
-        if dataclasses.is_dataclass(tp):
-            if depth == len(parts) - 1:
-                if not isinstance(raw, dict):
-                    raise ConfigError(f"{key} is a section with keys {', '.join(_fields(tp))}; got {raw!r}")
-                for sub, value in raw.items():
-                    _set_path(cfg, f"{key}.{sub}", value)
-                return
-            node = getattr(node, part)
-            continue
-        if depth != len(parts) - 1:
-            raise ConfigError(f"unknown key {key!r}: {'.'.join(parts[: depth + 1])} is not a section")
-        value = _parse_value(key, raw, tp)
-        _check_range(key, value, f)
-        setattr(node, part, value)
-        return
-
-
-LINEAR_ONLY = ("x_cov_diag", "condition_number", "rotation", "w_cov", "w_cov_diag", "x_mean_std", "n_means",
-               "descriptor", "response", "random_sign")  # fmt: skip
-GP_ONLY = ("kernel", "kernel_scale", "x_dist")
-MODEL_ONLY = {"activation": "kernel_attention", "mlp_hidden": "mlp_lsa", "feature_dim": "mlp_lsa"}
-
-
-def _changed(section: Any, name: str) -> bool:
-    return getattr(section, name) != _fields(type(section))[name].default
-
-
-def _check_family_keys(cfg: Config) -> None:
-    """Keys that belong to one task or model family must stay at their defaults in the others."""
-    t, m = cfg.task, cfg.model
-    for name in LINEAR_ONLY if t.name == "gp" else GP_ONLY:
-        if _changed(t, name):
-            family = "linear" if t.name == "gp" else "gp"
-            raise ConfigError(f"task.{name} applies to task.name={family}, not task.name={t.name}")
-    for name, family in MODEL_ONLY.items():
-        if m.name != family and _changed(m, name):
-            raise ConfigError(f"model.{name} applies to model.name={family}, not model.name={m.name}")
-
-
-def _check_consistency(cfg: Config) -> None:
-    """Cross-field rules that a single field's range cannot express."""
-    _check_family_keys(cfg)
-    t = cfg.task
-    if t.x_cov_diag is not None and t.condition_number is not None:
-        raise ConfigError("task.x_cov_diag and task.condition_number are exclusive; give one, got both")
-    if t.x_cov_diag is not None and len(t.x_cov_diag) != t.d:
-        raise ConfigError(f"task.x_cov_diag must have task.d={t.d} entries, got {len(t.x_cov_diag)}")
-    if t.w_cov == "diag" and (t.w_cov_diag is None or len(t.w_cov_diag) != t.d):
-        got = None if t.w_cov_diag is None else len(t.w_cov_diag)
-        raise ConfigError(f"task.w_cov_diag must have task.d={t.d} entries when task.w_cov=diag, got {got}")
-    if t.w_cov != "diag" and t.w_cov_diag is not None:
-        raise ConfigError(f"task.w_cov_diag needs task.w_cov=diag, got task.w_cov={t.w_cov}")
-    if t.n_means > 0 and t.x_mean_std == 0.0:
-        raise ConfigError(
-            "task.x_mean_std must be > 0 when task.n_means > 0 (the fixed means are drawn "
-            "from N(0, x_mean_std^2 I)), got 0"
+        return cls.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        path = [item for item in first["loc"] if isinstance(item, str)]
+        container: Any = data
+        for item in path[:-1]:
+            container = container.get(item) if isinstance(container, dict) else None
+        value = (
+            container.get(path[-1], first.get("input")) if isinstance(container, dict) and path else first.get("input")
         )
-    if t.descriptor == "onehot" and t.n_means == 0:
-        raise ConfigError("task.descriptor=onehot needs task.n_means >= 1 (the index of the mean), got 0")
-    c = cfg.train.curriculum
-    if c.enabled and (c.d_start > t.d or c.n_start > t.n):
-        raise ConfigError(
-            f"train.curriculum.d_start/n_start must be <= task.d/task.n ({t.d}/{t.n}), got {c.d_start}/{c.n_start}"
-        )
-    if cfg.train.warmup_steps > cfg.train.steps:
-        raise ConfigError(f"train.warmup_steps must be <= train.steps={cfg.train.steps}, got {cfg.train.warmup_steps}")
+        raise ConfigError(_message(first, cls, prefix, container, value)) from None
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
-    """Split ``["task.d=5", …]`` into ``[("task.d", "5"), …]``."""
-    pairs = []
+# --------------------------------------------------------------------------- building a config
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["task.d=5", …]`` → ``{"task.d": "5", …}``; a malformed item or a key given twice is an error."""
+    pairs: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override must look like key=value (e.g. task.d=5), got {item!r}")
-        pairs.append((key.strip(), value))
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override must look like key=value (e.g. task.d=5), got {_quote(item)}")
+        if key in pairs:
+            raise ConfigError(f"{key} is given twice ({key}={pairs[key]}, {key}={value}); give it once")
+        pairs[key] = value
     return pairs
 
 
+def _merge(base: dict, key: str, value: Any) -> None:
+    """Set the dotted ``key`` of the nested dict ``base`` (creating sections as needed)."""
+    *sections, leaf = key.split(".")
+    node = base
+    for depth, part in enumerate(sections):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None:
+                raise ConfigError(f"unknown key {key!r}: {'.'.join(sections[: depth + 1])} is not a section")
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
 def parse_config(base: dict | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated :class:`Config` from a nested dict (e.g. YAML) and ``key=value`` strings."""
-    cfg = Config()
-    if base is not None:
-        if not isinstance(base, dict):
-            raise ConfigError(f"a config file must hold a mapping of keys, got {type(base).__name__}")
-        for key, value in base.items():
-            _set_path(cfg, str(key), value)
-    for key, value in parse_overrides(overrides or []):
-        _set_path(cfg, key, value)
-    _check_consistency(cfg)
-    return cfg
+    """Build a validated :class:`Config` from a nested dict (e.g. YAML) and ``key=value`` strings (the
+    strings win over ``base``); raises ConfigError with one line naming the key."""
+    if base is not None and not isinstance(base, dict):
+        raise ConfigError(f"a config file must hold a mapping of keys, got {type(base).__name__}")
+    data = _deep_copy(base or {})
+    for key, value in parse_overrides(overrides or []).items():
+        _merge(data, key, value)
+    unknown = [str(key) for key in data if key not in Config.model_fields]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}: allowed top-level keys are {', '.join(Config.model_fields)}")
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in FAMILY_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name} is a section; got {_quote(value)}")
+            default = Config.model_fields[name].default_factory().name
+            family = value.get("name", default)
+            cls = family_config(name, family.strip() if isinstance(family, str) else family)
+            sections[name] = validate_section(cls, value, f"{name}.")
+        elif _is_section(Config.model_fields[name].annotation):
+            sections[name] = validate_section(Config.model_fields[name].annotation, value, f"{name}.")
+        else:
+            sections[name] = value
+    return validate_section(Config, sections)
+
+
+def _deep_copy(data: dict) -> dict:
+    return {key: _deep_copy(value) if isinstance(value, dict) else value for key, value in data.items()}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice in one mapping (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML safely (no code runs), refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -343,36 +363,120 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"--config must name a YAML file, got {str(path)!r} (not found)")
         try:
-            base = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
+            base = read_yaml(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise ConfigError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return parse_config(base or {}, overrides)
 
 
-def config_to_dict(cfg: Any) -> dict:
+# --------------------------------------------------------------------------- views of a config
+
+
+def config_to_dict(cfg: BaseModel) -> dict:
     """The config as plain nested dicts (tuples become lists), ready for YAML/JSON."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            value = config_to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
+    return cfg.model_dump(mode="json")
 
 
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-def flat_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
+def flat_keys(cfg: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
     """``{"task.d": 5, …}``: every leaf of the config under its dotted key."""
     out: dict[str, Any] = {}
-    for key, value in config_to_dict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items():
+    for key, value in (config_to_dict(cfg) if isinstance(cfg, BaseModel) else cfg).items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flat_keys(value, name + "."))
         else:
             out[name] = value
     return out
+
+
+def describe(section: Section) -> str:
+    """``name, key=value, …`` for reports: every key of a family section (e.g. ``lsa, layers=2, heads=1, …``)."""
+    values = [f"{key}={_default_text(getattr(section, key))}" for key in type(section).model_fields if key != "name"]
+    return ", ".join([str(getattr(section, "name", type(section).__name__)), *values])
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else str(value)
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return str(value)
+
+
+def _allowed_text(annotation: Any) -> str:
+    inner = _inner(annotation)
+    if typing.get_origin(inner) is Literal:
+        return "|".join(map(str, typing.get_args(inner)))
+    return ""
+
+
+class KeyRow(NamedTuple):
+    """One documented key: its default and allowed values as text, its meaning, and the families that have
+    it (empty: every config has it)."""
+
+    key: str
+    default: str
+    allowed: str
+    meaning: str
+    families: tuple[str, ...] = ()
+
+    def described(self) -> str:
+        """The meaning, prefixed by the families that have the key."""
+        return f"{', '.join(self.families)}: {self.meaning}" if self.families else self.meaning
+
+
+def _field_row(key: str, field: Any) -> KeyRow:
+    default = field.default_factory() if field.default_factory is not None else field.default
+    return KeyRow(key, _default_text(default), _allowed_text(field.annotation), field.description or "")
+
+
+def _section_rows(cls: type[Section], prefix: str) -> list[KeyRow]:
+    rows = []
+    for name, field in cls.model_fields.items():
+        if _is_section(field.annotation):
+            rows += _section_rows(field.annotation, f"{prefix}{name}.")
+        else:
+            rows.append(_field_row(f"{prefix}{name}", field))
+    return rows
+
+
+def key_rows() -> list[KeyRow]:
+    """Every key, in declaration order. A family section lists its shared keys (``task.name`` allows every
+    registered family), then each family's own keys once, with the families that have them."""
+    rows: list[KeyRow] = []
+    for name, field in Config.model_fields.items():
+        if name not in FAMILY_SECTIONS:
+            rows += (
+                _section_rows(field.annotation, f"{name}.")
+                if _is_section(field.annotation)
+                else [_field_row(name, field)]
+            )
+            continue
+        registry = FAMILY_SECTIONS[name]
+        base = TaskConfig if name == "task" else ModelConfig
+        for row in _section_rows(base, f"{name}."):
+            rows.append(row._replace(allowed="|".join(registry.names())) if row.key == f"{name}.name" else row)
+        own: dict[KeyRow, list[str]] = {}
+        for entry in registry:
+            for field_name, family_field in entry.config.model_fields.items():
+                if field_name not in base.model_fields:
+                    own.setdefault(_field_row(f"{name}.{field_name}", family_field), []).append(entry.name)
+        rows += [row._replace(families=tuple(families)) for row, families in own.items()]
+    return rows
+
+
+def key_table() -> str:
+    """:func:`key_rows` as a GitHub markdown table (the one in docs/usage.md)."""
+    lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for row in key_rows():
+        choices = row.allowed.replace("|", " \\| ")
+        lines.append(f"| `{row.key}` | {row.default} | {choices} | {row.described()} |")
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from iclab.kernels import Kernel
+from iclab.kernels import Kernel, as_kernel
 from iclab.models.lsa import LSA, LSAShape
 
 
@@ -36,5 +36,5 @@ def gd_model(d: int, layers: int, lr: float) -> LSA:
 
 def functional_gd_model(d: int, layers: int, kernel: Kernel | str, lr: float) -> LSA:
     """A float64 kernel-attention model whose prediction equals ``FunctionalGD(kernel, layers, lr)``."""
-    kernel = Kernel(kernel) if isinstance(kernel, str) else kernel
+    kernel = as_kernel(kernel)
     return _construct(d, layers, lr, kernel.name, kernel.scale)

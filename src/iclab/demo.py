@@ -10,11 +10,11 @@ from iclab.config import parse_config
 from iclab.evaluate import query_loss
 from iclab.learners import GradientDescent, LeastSquares, from_model
 from iclab.run_eval import curve_table, evaluate_run
-from iclab.rundir import load_model
+from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
 from iclab.theory import isotropic_gd_optimum
-from iclab.train import sample_in_chunks, train
+from iclab.train import train
 
 DEMO_OVERRIDES = ["task.d=5", "task.n=20", "model.layers=1", "eval.batch_size=20000"]
 
@@ -29,7 +29,7 @@ def run_demo(out: Path, device: str = "cpu", steps: int = 4000, progress: bool =
     train(cfg, out, device=device, progress=progress)
     model, cfg, _ = load_model(out, device=device)
     optimum = isotropic_gd_optimum(cfg.task.d, cfg.task.n, cfg.task.noise_std)
-    prompts = sample_in_chunks(make_task(cfg.task, cfg.seed), 20000, make_generator(cfg.seed, "demo"), torch.float64)
+    prompts = make_task(cfg.task, cfg.seed).sample_in_chunks(20000, make_generator(cfg.seed, "demo"), torch.float64)
     losses = {
         "1-layer LSA (trained)": query_loss(from_model(model), prompts),
         f"one GD step, optimal lr={optimum.lr:.4f}": query_loss(GradientDescent(1, optimum.lr), prompts),

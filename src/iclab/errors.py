@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
     """Bad user input (a config value, a command-line argument, an unusable run dir, a learner spec)."""
+
+
+class UsageError(UserError):
+    """A bad command-line value other than a config key (a flag's value, a device, a run dir)."""

@@ -39,3 +39,8 @@ class Kernel:
 
     def __str__(self) -> str:
         return self.name if self.name != "exp" or self.scale == 1.0 else f"exp(scale={self.scale:g})"
+
+
+def as_kernel(kernel: Kernel | str) -> Kernel:
+    """``kernel`` itself, or the kernel of that name with scale 1 (``"relu"`` → ``Kernel("relu")``)."""
+    return kernel if isinstance(kernel, Kernel) else Kernel(kernel)

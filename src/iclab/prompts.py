@@ -6,6 +6,7 @@ Shapes: ``xs: (B, n, d)``, ``ys: (B, n)``, ``xq: (B, m, d)``, ``yq: (B, m)``, ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -83,15 +84,23 @@ def stacked_tokens(xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None
     return tokens
 
 
-def interleaved_tokens(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
-    """Garg et al.'s sequence (x_1, y_1, …, x_n, y_n, x_q) for the first query: ``(B, 2n + 1, d)``.
+def interleaved_tokens(xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+    """Garg et al.'s sequence (x_1, y_1, …, x_n, y_n, x_qj), one per query: ``(B, m, 2n + 1, d)``.
 
     A label token is (y_i, 0, …, 0), zero-padded to d. Predictions are read at the x positions: the
     output at position 2i is the prediction for y_{i+1} from the first i examples, and position 2n is
-    the query.
+    query j's. Each query has its own sequence, so no query sees another. The format carries no
+    descriptor (ValueError if one is given).
     """
+    if descriptor is not None:
+        raise ValueError("the interleaved token format carries no descriptor; use a task without one")
     batch, n, d = xs.shape
+    m = xq.shape[1]
     labels = torch.zeros_like(xs)
     labels[..., 0] = ys
-    pairs = torch.stack([xs, labels], dim=2).reshape(batch, 2 * n, d)  # x_1, y_1, x_2, y_2, …
-    return torch.cat([pairs, xq[:, :1]], dim=1)
+    pairs = torch.stack([xs, labels], dim=2).reshape(batch, 1, 2 * n, d)  # x_1, y_1, x_2, y_2, …
+    return torch.cat([pairs.expand(batch, m, 2 * n, d), xq.unsqueeze(2)], dim=2)
+
+
+TOKEN_FORMATS: dict[str, Callable[..., Tensor]] = {"stacked": stacked_tokens, "interleaved": interleaved_tokens}
+"""Token formats by name: ``fn(xs, ys, xq, descriptor) -> tokens``; a model's ``token_format`` names one."""

@@ -11,12 +11,18 @@ from iclab.evaluate import ErrorCurve, error_curve
 from iclab.learners import from_model
 from iclab.learners.specs import parse_learner
 from iclab.plots import plot_error_curves
-from iclab.rundir import FIGURES_DIR, load_model, write_json
+from iclab.rundir import FIGURES_DIR, write_json
+from iclab.runs import load_model
 from iclab.seeding import make_generator
-from iclab.tasks import make_task
-from iclab.train import sample_in_chunks
+from iclab.tasks import Sampler, make_task
+from iclab.theory import isotropic_gd_optimum
 
 DEFAULT_LEARNERS = ("gd", "least_squares", "averaging", "zero")
+
+
+def default_step(task: Sampler) -> float:
+    """The default step of one-step ``gd``/``pgd`` specs: the optimal isotropic step n/(n + d + 1 + σ²)."""
+    return isotropic_gd_optimum(task.d, task.n, task.cfg.noise_std).lr
 
 
 def evaluate_run(
@@ -29,10 +35,11 @@ def evaluate_run(
     run_dir = Path(run_dir)
     model, cfg, step = load_model(run_dir, device=device)
     task = make_task(cfg.task, cfg.seed)
-    references = [parse_learner(spec, task) for spec in (learners or DEFAULT_LEARNERS)]
+    references = [parse_learner(spec, task, default_step(task)) for spec in (learners or DEFAULT_LEARNERS)]
     # float64 prompts: the reference solvers stay exact; the model learner casts to its own dtype.
-    prompts = sample_in_chunks(task, batch_size, make_generator(cfg.seed, "curves"), torch.float64)
-    name = f"model ({cfg.model.name}, {cfg.model.layers} layer{'s' if cfg.model.layers > 1 else ''})"
+    prompts = task.sample_in_chunks(batch_size, make_generator(cfg.seed, "curves"), torch.float64)
+    layers = model.num_layers
+    name = f"model ({cfg.model.name}, {layers} layer{'s' if layers > 1 else ''})"
     curves = [error_curve(learner, prompts) for learner in [from_model(model, name), *references]]
     write_json(
         run_dir / "eval.json",

@@ -5,7 +5,9 @@ Layout: ``config.yaml`` (resolved config), ``metrics.csv``, ``summary.json``, ``
 ``figures/``. Every file is written to a temporary name in the same folder, fsynced, renamed over the
 target, and the folder is fsynced: a kill at any moment leaves the old file or the whole new one.
 ``model.safetensors`` and ``checkpoint.pt`` carry a SHA-256 of their contents, so a truncated or damaged
-file is refused with an error naming it instead of being used or silently replaced.
+file is refused with an error naming it instead of being used or silently replaced. Nothing read here runs
+code: configs are safe YAML, checkpoints are unpickled with ``weights_only``. Models are rebuilt from a run
+dir by :func:`iclab.runs.load_model`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
-from iclab.config import Config, ConfigError, config_to_dict, config_to_yaml, parse_config
+from iclab.config import Config, ConfigError, config_to_dict, config_to_yaml, family_config, parse_config, read_yaml
 from iclab.errors import UserError
+from iclab.registry import MODELS, TASKS
 
 MODEL_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
@@ -133,13 +137,39 @@ def write_config(run_dir: Path, cfg: Config) -> None:
     atomic_write_text(Path(run_dir) / CONFIG_FILE, config_to_yaml(cfg))
 
 
+# Keys that iclab 0.1 wrote into every run's task/model sections, whatever the family (a flat union); a run
+# dir written then holds them at their defaults under families that do not have them.
+FLAT_UNION_KEYS = {
+    "task": ("x_cov_diag", "condition_number", "rotation", "w_cov", "w_cov_diag", "x_mean_std", "n_means",
+             "descriptor", "response", "random_sign", "kernel", "kernel_scale", "x_dist"),
+    "model": ("layers", "heads", "param", "init", "init_scale", "activation", "mlp_hidden", "feature_dim"),
+}  # fmt: skip
+
+
+def parse_stored_config(data: object) -> Config:
+    """The config of a run dir's file: a config of this version, or one of iclab 0.1 (whose task and model
+    sections list every family's keys; those the family does not have are dropped)."""
+    if isinstance(data, dict):
+        data = {**data}
+        for section, keys in FLAT_UNION_KEYS.items():
+            values = data.get(section)
+            if (
+                isinstance(values, dict)
+                and isinstance(values.get("name"), str)
+                and values["name"] in (TASKS if section == "task" else MODELS)
+            ):
+                own = family_config(section, values["name"]).model_fields
+                data[section] = {key: value for key, value in values.items() if key in own or key not in keys}
+    return parse_config(data or {})
+
+
 def read_config(run_dir: Path) -> Config:
     """The resolved config a run dir was made with."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not an iclab run dir: {CONFIG_FILE} not found")
     try:
-        return parse_config(yaml.safe_load(path.read_text()) or {})
+        return parse_stored_config(read_yaml(path.read_text()))
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as err:
         raise RunDirError(f"{path} is corrupted ({str(err).splitlines()[0]})") from None
 
@@ -147,7 +177,7 @@ def read_config(run_dir: Path) -> Config:
 # --------------------------------------------------------------------------- model + sidecar
 
 
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         value = tensors[name].contiguous()
@@ -159,7 +189,7 @@ def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def save_model(run_dir: Path, model: torch.nn.Module, cfg: Config, step: int) -> None:
     """``model.safetensors`` (step and digest in its metadata) and its sidecar ``model.json``."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    digest = _tensor_digest(tensors)
+    digest = tensor_digest(tensors)
     atomic_write_bytes(Path(run_dir) / MODEL_FILE, save(tensors, metadata={"step": str(step), "sha256": digest}))
     write_json(Path(run_dir) / SIDECAR_FILE, {"config": config_to_dict(cfg), "step": step, "sha256": digest})
 
@@ -169,7 +199,7 @@ def read_sidecar(run_dir: Path) -> tuple[Config, int, str]:
     path = Path(run_dir) / SIDECAR_FILE
     sidecar = read_json(path)
     try:
-        cfg = parse_config(sidecar["config"])
+        cfg = parse_stored_config(sidecar["config"])
         step, digest = int(sidecar["step"]), str(sidecar["sha256"])
     except (KeyError, TypeError, ValueError) as err:
         raise RunDirError(f"{path} is corrupted ({err})") from None
@@ -177,41 +207,21 @@ def read_sidecar(run_dir: Path) -> tuple[Config, int, str]:
 
 
 def read_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The verified tensors of ``model.safetensors`` and the step stored with them."""
+    """The verified tensors of ``model.safetensors`` (in the dtype they were saved) and the step stored with
+    them; the metadata is read through safetensors' own API."""
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} holds no trained model: {MODEL_FILE} not found")
-    data = path.read_bytes()
     try:
-        tensors = load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
         stored, step = metadata["sha256"], int(metadata["step"])
-    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as err:
+    except (SafetensorError, OSError, ValueError, KeyError) as err:
         raise RunDirError(f"{path} is corrupted and cannot be read ({err})") from None
-    if _tensor_digest(tensors) != stored:
+    if tensor_digest(tensors) != stored:
         raise RunDirError(f"{path} is corrupted: its contents do not match the checksum written with them")
     return tensors, step
-
-
-def load_model(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, Config, int]:
-    """Rebuild the model of a run dir from its verified sidecar and weights → (model, config, step)."""
-    from iclab.models import build_model
-    from iclab.seeding import make_generator
-    from iclab.tasks import make_task
-
-    run_dir = Path(run_dir)
-    tensors, step = read_weights(run_dir)
-    cfg, sidecar_step, digest = read_sidecar(run_dir)
-    if sidecar_step != step or digest != _tensor_digest(tensors):
-        raise RunDirError(
-            f"{run_dir / SIDECAR_FILE} (step {sidecar_step}) does not describe {MODEL_FILE} (step {step}); "
-            "the run was stopped while saving: rerun iclab train with the same --out to finish it"
-        )
-    model = build_model(cfg.model, make_task(cfg.task, cfg.seed), make_generator(cfg.seed, "init"))
-    model.load_state_dict(tensors)
-    model.to(device=device, dtype=next(iter(tensors.values())).dtype)
-    return model, cfg, step
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -226,7 +236,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """The verified payload of a checkpoint; a truncated or damaged file raises RunDirError naming it."""
+    """The verified payload of a checkpoint; a truncated or damaged file raises RunDirError naming it. Only
+    tensors and plain values are unpickled (``weights_only``): a payload that would run code is refused."""
     data = Path(path).read_bytes()
     head = len(CHECKPOINT_MAGIC)
     body = data[head + 32 :]
@@ -235,4 +246,9 @@ def load_checkpoint(path: Path) -> dict:
             f"{path} is corrupted (truncated or altered: its checksum does not match); refusing to resume. "
             "Use --force to start the run over"
         )
-    return torch.load(io.BytesIO(body), weights_only=False)
+    try:
+        return torch.load(io.BytesIO(body), weights_only=True)
+    except pickle.UnpicklingError:
+        raise RunDirError(
+            f"{path} holds objects other than tensors and plain values; refusing to load it (nothing was run)"
+        ) from None

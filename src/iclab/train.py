@@ -2,7 +2,10 @@
 
 ``train(cfg, out_dir)`` makes, resumes (from the last checkpoint) or skips (when finished) the run dir
 described in :mod:`iclab.rundir`, and returns its summary. NaN/inf or a loss above train.diverge_loss
-stops the run (TrainingDiverged); SIGINT/SIGTERM save a checkpoint and stop it (TrainingInterrupted).
+stops the run (TrainingDiverged, with advice that fits the cause); SIGINT/SIGTERM save a checkpoint and stop
+it (TrainingInterrupted). The task, the model, the objective and the per-step callbacks (metrics rows and
+held-out evaluation, checkpoints, anything of the caller's) are seams: ``train`` builds them from the config
+unless they are passed in.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -21,14 +26,15 @@ from tqdm import tqdm
 
 from iclab.config import Config, config_to_dict
 from iclab.evaluate import query_loss
-from iclab.learners import from_model
-from iclab.models import build_model
+from iclab.learners import ModelLearner, from_model
+from iclab.models import InContextModel, build_model
+from iclab.objectives import OBJECTIVES, Objective
 from iclab.plots import plot_training
 from iclab.prompts import Prompts
 from iclab.resume import TrainState, prepare_run_dir, restore_checkpoint, write_checkpoint
 from iclab.rundir import FIGURES_DIR, SUMMARY_FILE, read_json, remove_stale_temp_files, write_config, write_json
 from iclab.seeding import make_generator
-from iclab.tasks import Task, make_task
+from iclab.tasks import Sampler, make_task
 from iclab.theory import isotropic_reference
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -64,14 +70,6 @@ def learning_rate(cfg: Config, step: int) -> float:
         return tc.lr
     span = max(tc.steps - tc.warmup_steps, 1)
     return tc.lr * 0.5 * (1.0 + math.cos(math.pi * (step - tc.warmup_steps) / span))
-
-
-def sample_in_chunks(
-    task: Task, count: int, generator: torch.Generator, dtype: torch.dtype, chunk: int = 8192
-) -> Prompts:
-    """``count`` prompts drawn ``chunk`` at a time (bounded memory while sampling)."""
-    sizes = [min(chunk, count - start) for start in range(0, count, chunk)]
-    return Prompts.concat([task.sample(size, generator, dtype=dtype) for size in sizes])
 
 
 @contextmanager
@@ -118,10 +116,104 @@ def _write_summary(out: Path, cfg: Config, state: TrainState, status: str, start
     return summary
 
 
+@dataclass
+class TrainingRun:
+    """What the loop holds; every callback gets it after each optimiser step (``state.step`` is then the
+    number of steps done, ``loss``/``lr``/``n``/``d_active`` describe that step)."""
+
+    cfg: Config
+    out: Path
+    task: Sampler
+    model: InContextModel
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    state: TrainState
+    heldout: Prompts
+    learner: ModelLearner
+    stop_request: dict = field(default_factory=dict)  # {"signal": name} once SIGINT/SIGTERM arrived
+    checkpoint_step: int = 0
+    loss: float = math.nan
+    lr: float = 0.0
+    n: int = 0
+    d_active: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.state.step >= self.cfg.train.steps
+
+
+class Callback(Protocol):
+    """Anything with ``on_step(run)``, called after every optimiser step in the order given."""
+
+    def on_step(self, run: TrainingRun) -> None: ...
+
+
+class MetricsRows:
+    """A metrics row every ``train.log_every`` steps; the held-out loss every ``eval.every`` steps and at the
+    end (its row is written then too)."""
+
+    def on_step(self, run: TrainingRun) -> None:
+        step, cfg = run.state.step, run.cfg
+        evaluate_now = step % cfg.eval.every == 0 or run.finished
+        if step % cfg.train.log_every == 0 or evaluate_now:
+            eval_loss = query_loss(run.learner, run.heldout)[0] if evaluate_now else None
+            row = {"step": step, "train_loss": run.state.window.take(), "eval_loss": eval_loss}
+            run.state.rows.append({**row, "lr": run.lr, "n": run.n, "d": run.d_active})
+
+
+class Checkpoints:
+    """checkpoint.pt, the model and metrics.csv every ``train.checkpoint_every`` steps, at the end, and at
+    once when a stop was requested."""
+
+    def on_step(self, run: TrainingRun) -> None:
+        step = run.state.step
+        if step % run.cfg.train.checkpoint_every == 0 or run.finished or run.stop_request:
+            write_checkpoint(run.out, run.cfg, run.model, run.optimizer, run.generator, run.state)
+            run.checkpoint_step = step
+
+
+def default_callbacks() -> list[Callback]:
+    """The callbacks ``train`` uses unless given others: metrics rows and held-out evaluation, then
+    checkpoints (the checkpoint holds the rows of its step)."""
+    return [MetricsRows(), Checkpoints()]
+
+
+def divergence_advice(run: TrainingRun, batch: Prompts, loss_value: float) -> str:
+    """What to change, judged from the cause: non-finite prompts, a forward pass that overflows at
+    initialisation, clipping already on, or neither."""
+    tensors = [t for t in (batch.xs, batch.ys, batch.xq, batch.yq, batch.descriptor) if t is not None]
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        return "the prompts of this step hold NaN/inf: check the task's settings (or the sampler passed in)"
+    if run.state.step == 0 and not run.state.rows and run.checkpoint_step == 0:
+        what = "is not finite" if not math.isfinite(loss_value) else f"is already {loss_value:.3g}"
+        return (
+            f"the loss {what} at initialisation (the forward pass overflows): lower model.init_scale, or use a "
+            "form that keeps it small (e.g. model.param=sparse model.init=balanced for an LSA)"
+        )
+    if run.cfg.train.grad_clip is not None:
+        return f"gradients are already clipped at {run.cfg.train.grad_clip:g}: lower train.lr (or add warm-up)"
+    return "set train.grad_clip (e.g. 1.0) or lower train.lr"
+
+
 def train(
-    cfg: Config, out: str | Path, device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print
+    cfg: Config,
+    out: str | Path,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    *,
+    task: Sampler | None = None,
+    model: InContextModel | None = None,
+    objective: Objective | None = None,
+    callbacks: Sequence[Callback] | None = None,
 ) -> dict:
     """Train ``cfg`` into the run dir ``out`` (resuming from its checkpoint; skipping a finished run).
+
+    ``task`` (default ``make_task(cfg.task, cfg.seed)``), ``model`` (an initialised model; default built from
+    cfg.model with the seed's "init" stream), ``objective`` (default ``OBJECTIVES[cfg.train.objective]``) and
+    ``callbacks`` (default :func:`default_callbacks`; a given list replaces them, so include them to keep
+    metrics and checkpoints) are the seams for recipes, sweeps and tests; whatever is passed in must agree
+    with ``cfg``, which is what the run dir records and resumes by.
 
     Returns the summary dict. Raises TrainingDiverged (summary status "diverged", last good checkpoint
     kept), TrainingInterrupted (on SIGINT/SIGTERM, after a checkpoint) or RunDirError (see
@@ -138,8 +230,12 @@ def train(
 
     dtype = DTYPES[cfg.train.dtype]
     tc = cfg.train
-    task = make_task(cfg.task, cfg.seed)
-    model = build_model(cfg.model, task, make_generator(cfg.seed, "init")).to(device=device, dtype=dtype)
+    task = make_task(cfg.task, cfg.seed) if task is None else task
+    if model is None:
+        model = build_model(cfg.model, task, make_generator(cfg.seed, "init"))
+    model = model.to(device=device, dtype=dtype)
+    objective = OBJECTIVES[tc.objective] if objective is None else objective
+    callbacks = default_callbacks() if callbacks is None else list(callbacks)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay
     )
@@ -148,51 +244,46 @@ def train(
     if status == "resume":
         state = restore_checkpoint(out, model, optimizer, generator)
         log(f"resuming {out} from step {state.step}")
-    checkpoint_step = state.step
     heldout = task.sample(cfg.eval.batch_size, make_generator(cfg.seed, "heldout"), dtype=dtype).to(device)
-    learner = from_model(model)
+    run = TrainingRun(cfg, out, task, model, optimizer, generator, state, heldout, from_model(model),
+                      checkpoint_step=state.step)  # fmt: skip
 
     started = time.time()
     bar = tqdm(total=tc.steps, initial=state.step, disable=not progress, desc="train", mininterval=0.5)
     with stop_requests() as request:
-        while state.step < tc.steps:
-            step = state.step
-            lr = learning_rate(cfg, step)
+        run.stop_request = request
+        while not run.finished:
+            run.lr = learning_rate(cfg, state.step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            n, d_active = curriculum_sizes(cfg, step)
-            batch = task.sample(tc.batch_size, generator, n=n, d_active=d_active, dtype=dtype).to(device)
-            loss = ((model.predict(batch.xs, batch.ys, batch.xq, batch.descriptor) - batch.yq) ** 2).mean()
+                group["lr"] = run.lr
+            run.n, run.d_active = curriculum_sizes(cfg, state.step)
+            batch = task.sample(tc.batch_size, generator, n=run.n, d_active=run.d_active, dtype=dtype).to(device)
+            loss = objective(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value, grad_norm = loss.item(), _grad_norm(model)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or loss_value > tc.diverge_loss:
                 bar.close()
                 what = f"loss {loss_value:.4g}, gradient norm {grad_norm:.4g}"
-                _write_summary(out, cfg, state, "diverged", started, message=f"diverged at step {step + 1}: {what}")
+                step = state.step + 1
+                _write_summary(out, cfg, state, "diverged", started, message=f"diverged at step {step}: {what}")
                 kept = (
-                    f"the last good checkpoint is at step {checkpoint_step}" if checkpoint_step else "no checkpoint yet"
+                    f"the last good checkpoint is at step {run.checkpoint_step}"
+                    if run.checkpoint_step
+                    else ("no checkpoint yet")
                 )
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1} ({what}); {kept} in {out}. "
-                    "Lower train.lr or set train.grad_clip."
-                )
+                advice = divergence_advice(run, batch, loss_value)
+                raise TrainingDiverged(f"training diverged at step {step} ({what}); {kept} in {out}. {advice}")
             if tc.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             state.step += 1
             state.window.add(loss_value)
+            run.loss = loss_value
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             bar.update(1)
-
-            evaluate_now = state.step % cfg.eval.every == 0 or state.step == tc.steps
-            if state.step % tc.log_every == 0 or evaluate_now:
-                eval_loss = query_loss(learner, heldout)[0] if evaluate_now else None
-                row = {"step": state.step, "train_loss": state.window.take(), "eval_loss": eval_loss}
-                state.rows.append({**row, "lr": lr, "n": n, "d": d_active})
-            if state.step % tc.checkpoint_every == 0 or state.step == tc.steps or request:
-                write_checkpoint(out, cfg, model, optimizer, generator, state)
-                checkpoint_step = state.step
+            for callback in callbacks:
+                callback.on_step(run)
             if request:
                 bar.close()
                 raise TrainingInterrupted(
@@ -204,8 +295,8 @@ def train(
 
     if tc.steps == 0:
         write_checkpoint(out, cfg, model, optimizer, generator, state)
-    final = sample_in_chunks(task, cfg.eval.batch_size, make_generator(cfg.seed, "final"), dtype)
-    final_loss, final_sem = query_loss(learner, final.to(device))
+    final = task.sample_in_chunks(cfg.eval.batch_size, make_generator(cfg.seed, "final"), dtype)
+    final_loss, final_sem = query_loss(run.learner, final.to(device))
     if state.rows:
         plot_training(pd.DataFrame(state.rows), out / FIGURES_DIR / "loss.png", isotropic_reference(cfg.task))
     return _write_summary(

@@ -1,29 +1,69 @@
 """Reproductions of published claims: ``iclab reproduce NAME [--quick]``.
 
-Each recipe module has ``run(out, quick, device, progress, jobs) -> dict`` that trains its grid of runs (each an
-ordinary, resumable run dir under ``out/runs/``), evaluates them, and writes ``results.csv``, figures and
-``report.md`` into ``out``; the returned dict holds the headline numbers and the claim checks.
+Each recipe module defines ``RECIPE`` (:class:`Recipe`): its plan lists the runs (run id and ``iclab train``
+overrides), executing the plan trains each into an ordinary, resumable run dir ``out/runs/<run_id>`` (here,
+in worker processes or through any executor; or elsewhere, from ``list_run_commands``), and its analysis
+evaluates the finished runs and writes ``results.csv``, figures and ``report.md`` into ``out``, returning the
+headline numbers and the claim checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shlex
 from pathlib import Path
 
 from iclab.experiments import functional_gd, mlp_lsa, newton, nonlinear_responses
+from iclab.experiments.grid import Executor, execute
+from iclab.experiments.recipe import Recipe, RunSpec
 
-RECIPES: dict[str, Callable[..., dict]] = {
-    "functional_gd": functional_gd.run,
-    "mlp_lsa": mlp_lsa.run,
-    "newton": newton.run,
-    "nonlinear_responses": nonlinear_responses.run,
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe for recipe in (functional_gd.RECIPE, mlp_lsa.RECIPE, newton.RECIPE, nonlinear_responses.RECIPE)
 }
+
+__all__ = ["RECIPES", "Executor", "Recipe", "RunSpec", "list_run_commands", "reproduce"]
 
 
 def reproduce(
-    name: str, out: Path, quick: bool = False, device: str = "cpu", progress: bool = True, jobs: int = 1
+    name: str,
+    out: Path,
+    quick: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    jobs: int = 1,
+    executor: Executor | None = None,
 ) -> dict:
-    """Run the recipe ``name`` into ``out``, training ``jobs`` runs at a time."""
+    """Plan, execute and analyse the recipe ``name`` into ``out``: train its runs under ``out/runs`` (``jobs``
+    at a time, or through ``executor``; finished runs are skipped) and return the analysis."""
+    recipe = _recipe(name)
+    out = Path(out)
+    runs = execute(
+        recipe.plan(quick),
+        _runs_root(out),
+        device=device,
+        progress=progress,
+        jobs=jobs,
+        executor=executor,
+        allow_diverged=recipe.allow_diverged,
+    )
+    return recipe.analyse(out, quick, runs, device, progress)
+
+
+def list_run_commands(name: str, out: Path, quick: bool = False) -> list[str]:
+    """One shell command ``iclab train <overrides…> --out OUT/runs/<run_id> --quiet`` per planned run: run them
+    with any scheduler, then ``iclab reproduce NAME --out OUT`` only analyses."""
+    root = _runs_root(Path(out))
+    return [
+        shlex.join(["iclab", "train", *spec.overrides, "--out", str(root / spec.run_id), "--quiet"])
+        for spec in _recipe(name).plan(quick)
+    ]
+
+
+def _recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown reproduction {name!r}; choose from {', '.join(RECIPES)}")
-    return RECIPES[name](Path(out), quick=quick, device=device, progress=progress, jobs=jobs)
+    return RECIPES[name]
+
+
+def _runs_root(out: Path) -> Path:
+    """Where a reproduction in ``out`` keeps its run dirs."""
+    return out / "runs"

@@ -22,10 +22,12 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import error_curve, query_loss
-from iclab.experiments.grid import report_text, train_grid, training_overrides
+from iclab.experiments.grid import load_finished, report_text, training_overrides
+from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.kernels import Kernel
 from iclab.learners import FunctionalGD, GPPosterior, from_model
 from iclab.plots import save_figure
+from iclab.probe.matching import relative_difference
 from iclab.probe.readout import LayerReadout
 from iclab.prompts import Prompts
 from iclab.rundir import atomic_write_text
@@ -59,21 +61,25 @@ def task_overrides(size: Size, kernel: str) -> list[str]:
     return ["task.name=gp", f"task.kernel={kernel}", "task.x_dist=sphere", f"task.d={size.d}", f"task.n={size.n}"]
 
 
-def run_specs(size: Size) -> dict[str, list[str]]:
-    """{run id: overrides} for every kernel × activation × depth."""
-    specs = {}
-    for kernel in size.kernels:
-        for activation in size.activations:
-            for layers in size.layers:
-                specs[f"{kernel}-data_{activation}-attn_L{layers}"] = [
-                    *task_overrides(size, kernel),
-                    "model.name=kernel_attention",
-                    f"model.activation={activation}",
-                    "model.param=sparse",
-                    f"model.layers={layers}",
-                    *training_overrides(size.steps, size.batch_size, size.lr),
-                ]
-    return specs
+def plan(quick: bool) -> list[RunSpec]:
+    """One run for every kernel × activation × depth."""
+    size = QUICK if quick else FULL
+    return [
+        RunSpec(
+            f"{kernel}-data_{activation}-attn_L{layers}",
+            (
+                *task_overrides(size, kernel),
+                "model.name=kernel_attention",
+                f"model.activation={activation}",
+                "model.param=sparse",
+                f"model.layers={layers}",
+                *training_overrides(size.steps, size.batch_size, size.lr),
+            ),
+        )
+        for kernel in size.kernels
+        for activation in size.activations
+        for layers in size.layers
+    ]
 
 
 def tuned_functional_gd(kernel: Kernel, steps: int, validation: Prompts) -> FunctionalGD:
@@ -86,18 +92,19 @@ def tuned_functional_gd(kernel: Kernel, steps: int, validation: Prompts) -> Func
 
 
 def layer_match(model: torch.nn.Module, kernel: Kernel, prompts: Prompts) -> list[dict]:
-    """Per layer ℓ: the functional-GD step size whose ℓ-step prediction is closest to the model's layer-ℓ
-    read-out, and the relative squared difference ‖ŷ_ℓ − f_ℓ‖² / ‖f_ℓ‖²."""
+    """Per layer ℓ: the functional-GD step size (from STEP_SIZES) whose ℓ-step prediction f_ℓ is closest to
+    the model's layer-ℓ read-out ŷ_ℓ, and the relative difference ‖ŷ_ℓ − f_ℓ‖² / ‖f_ℓ‖² over the prompts and
+    queries, relative to functional GD (:func:`iclab.probe.matching.relative_difference`; inf where f_ℓ is
+    not finite)."""
     rows = []
-    for layer in range(1, len(model.blocks) + 1):
-        readout = LayerReadout(model, layer).predict(prompts.xs, prompts.ys, prompts.xq)
-        best = None
-        for lr in STEP_SIZES:
-            reference = FunctionalGD(kernel, layer, lr).predict(prompts.xs, prompts.ys, prompts.xq)
-            difference = float(((readout - reference) ** 2).mean() / (reference**2).mean())
-            if math.isfinite(difference) and (best is None or difference < best[1]):
-                best = (lr, difference)
-        rows.append({"layer": layer, "fgd_lr": best[0], "relative_difference": best[1]})
+    for layer in range(1, model.num_layers + 1):
+        readout = LayerReadout(model, layer).predict(prompts.xs, prompts.ys, prompts.xq)  # (B, m)
+        references = torch.stack(
+            [FunctionalGD(kernel, layer, lr).predict(prompts.xs, prompts.ys, prompts.xq) for lr in STEP_SIZES]
+        )  # (len(STEP_SIZES), B, m)
+        differences = relative_difference(readout.unsqueeze(-2), references.unsqueeze(-2))  # one prefix: n = 1
+        best = int(differences.argmin())
+        rows.append({"layer": layer, "fgd_lr": STEP_SIZES[best], "relative_difference": float(differences[best])})
     return rows
 
 
@@ -191,11 +198,10 @@ def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path)
     save_figure(fig, figures / "context.png")
 
 
-def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True, jobs: int = 1) -> dict:
-    """Train the grid, evaluate, write results.csv, layer_match.csv, figures/ and report.md into ``out``."""
+def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress: bool) -> dict:
+    """Evaluate the trained grid; write results.csv, layer_match.csv, figures/ and report.md into ``out``."""
     size = QUICK if quick else FULL
-    models = train_grid(run_specs(size), out / "runs", device=device, progress=progress, jobs=jobs)
-    results, matches, curves = evaluate(size, models)
+    results, matches, curves = evaluate(size, load_finished(runs, device))
     checks = claim_checks(results)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
     atomic_write_text(out / "layer_match.csv", matches.to_csv(index=False))
@@ -208,3 +214,12 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
         out / "report.md", report_text("Functional GD reproduction", quick, size, setting, tables, checks)
     )
     return {"results": results, "layer_match": matches, "checks": checks}
+
+
+RECIPE = Recipe(
+    name="functional_gd",
+    paper="Cheng, Chen, Sra, ICML 2024",
+    claim="attention with activation h runs functional GD in h's RKHS; the data's own kernel wins",
+    plan=plan,
+    analyse=analyse,
+)

@@ -1,82 +1,120 @@
-"""What every recipe shares: its training overrides, training a grid of runs (one run dir per named config
-under ``root``, finished runs skipped), and the layout of report.md."""
+"""What every recipe shares: its training overrides, executing a plan (one run dir per run under ``root``,
+finished runs skipped), loading the finished runs, and the layout of report.md."""
 
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from iclab.config import parse_config
+from iclab.experiments.recipe import RunSpec
+from iclab.models import InContextModel
 from iclab.plots import markdown_table
-from iclab.rundir import SUMMARY_FILE, load_model, read_json
+from iclab.rundir import SUMMARY_FILE, read_json
+from iclab.runs import load_model
 from iclab.train import TrainingDiverged, train
 
+DONE = "done"  # what train_run returns for a finished run
 
-def train_grid(
-    specs: dict[str, list[str]],
+
+class Executor(Protocol):
+    """Anything that runs ``fn(*args, **kwargs)`` somewhere and returns a handle with ``.result()``:
+    a concurrent.futures executor, or an adapter to a cluster scheduler."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def execute(
+    specs: list[RunSpec],
     root: Path,
     device: str = "cpu",
     progress: bool = True,
     jobs: int = 1,
+    executor: Executor | None = None,
     allow_diverged: bool = False,
-) -> dict:
-    """Train every ``{run_id: overrides}`` into ``root/run_id`` (resuming or skipping as ``train`` does);
-    return ``{run_id: model}`` with the trained models loaded on ``device``.
+) -> dict[str, Path]:
+    """Train every spec into ``root/run_id`` (resuming or skipping as ``train`` does); return the finished
+    run dirs ``{run_id: root/run_id}`` in plan order.
 
-    ``jobs > 1`` trains that many runs at once in worker processes (one torch thread each; on a GPU they
-    share the device), printing a line as each finishes instead of progress bars. With ``allow_diverged`` a
-    run that diverges (now or before) is reported and left out of the result instead of stopping the grid."""
-    train_one = partial(_train_one, device=device, allow_diverged=allow_diverged)
-    outcomes = {}
-    if jobs > 1:
+    Each run is ``executor.submit(train_run, overrides, run_dir, device, allow_diverged)``. Without an
+    executor, ``jobs == 1`` trains in this process with progress bars, ``jobs > 1`` in that many spawned
+    worker processes (one torch thread each; on a GPU they share the device); with either executor a line is
+    printed as each run finishes. With ``allow_diverged`` a run that diverges (now or before) is reported and
+    left out of the result instead of stopping the grid."""
+    if executor is not None:
+        outcomes = _submit_all(executor, specs, root, device, allow_diverged, progress)
+    elif jobs > 1:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(train_one, overrides, root / run_id): run_id for run_id, overrides in specs.items()}
-            for done, future in enumerate(as_completed(futures), start=1):
-                outcomes[futures[future]] = future.result()
-                if progress:
-                    print(f"[{done}/{len(specs)}] {futures[future]} {outcomes[futures[future]]}", flush=True)
-    models = {}
-    for index, (run_id, overrides) in enumerate(specs.items(), start=1):
-        if jobs == 1:
+            outcomes = _submit_all(pool, specs, root, device, allow_diverged, progress)
+    else:
+        outcomes = {}
+        for index, spec in enumerate(specs, start=1):
             if progress:
-                print(f"[{index}/{len(specs)}] {run_id}", flush=True)
-            outcomes[run_id] = train_one(overrides, root / run_id, progress=progress)
-            if progress and outcomes[run_id] != "done":
-                print(f"{run_id}: {outcomes[run_id]}", flush=True)
-        if outcomes[run_id] == "done":
-            models[run_id] = load_model(root / run_id, device=device)[0]
-    return models
+                print(f"[{index}/{len(specs)}] {spec.run_id}", flush=True)
+            outcome = train_run(list(spec.overrides), str(root / spec.run_id), device, allow_diverged, progress)
+            if progress and outcome != DONE:
+                print(f"{spec.run_id}: {outcome}", flush=True)
+            outcomes[spec.run_id] = outcome
+    return {spec.run_id: root / spec.run_id for spec in specs if outcomes[spec.run_id] == DONE}
 
 
-def _train_one(overrides: list[str], out: Path, device: str, allow_diverged: bool, progress: bool = False) -> str:
-    """Train one run; "done", or (with ``allow_diverged``) the divergence message."""
+def _submit_all(
+    executor: Executor, specs: list[RunSpec], root: Path, device: str, allow_diverged: bool, progress: bool
+) -> dict[str, str]:
+    """Submit every spec, wait for all; ``{run_id: outcome}``. concurrent.futures results are taken as they
+    complete, other handles in plan order."""
+    submitted = [
+        (spec.run_id, executor.submit(train_run, list(spec.overrides), str(root / spec.run_id), device, allow_diverged))
+        for spec in specs
+    ]
+    if all(isinstance(future, Future) for _, future in submitted):
+        run_ids = {future: run_id for run_id, future in submitted}
+        submitted = [(run_ids[future], future) for future in as_completed(run_ids)]
+    outcomes = {}
+    for done, (run_id, future) in enumerate(submitted, start=1):
+        outcomes[run_id] = future.result()
+        if progress:
+            print(f"[{done}/{len(specs)}] {run_id} {outcomes[run_id]}", flush=True)
+    return outcomes
+
+
+def train_run(overrides: list[str], out: str, device: str, allow_diverged: bool, progress: bool = False) -> str:
+    """Train one run dir (what ``iclab train *overrides --out out`` does); "done", or (with ``allow_diverged``)
+    the divergence message. Without progress bars (a worker process) torch uses one thread."""
     if not progress:
         torch.set_num_threads(1)
-    summary = read_json(out / SUMMARY_FILE) if (out / SUMMARY_FILE).exists() else {}
+    run_dir = Path(out)
+    summary = read_json(run_dir / SUMMARY_FILE) if (run_dir / SUMMARY_FILE).exists() else {}
     if allow_diverged and summary.get("status") == "diverged":
         return str(summary.get("message"))
     try:
-        train(parse_config({}, overrides), out, device=device, progress=progress, log=lambda _: None)
+        train(parse_config({}, overrides), run_dir, device=device, progress=progress, log=lambda _: None)
     except TrainingDiverged as err:
         if not allow_diverged:
             raise
         return str(err)
-    return "done"
+    return DONE
 
 
-def training_overrides(steps: int, batch_size: int, lr: float) -> list[str]:
-    """Adam with gradient clipping 1.0; 50 metrics rows and 5 held-out evaluations (1000 prompts) per run."""
+def load_finished(runs: dict[str, Path], device: str = "cpu") -> dict[str, InContextModel]:
+    """The trained model of every finished run dir ``{run_id: run dir}``, on ``device``."""
+    return {run_id: load_model(run_dir, device=device)[0] for run_id, run_dir in runs.items()}
+
+
+def training_overrides(steps: int, batch_size: int, lr: float, grad_clip: float = 1.0) -> list[str]:
+    """Adam with gradient clipping; 50 metrics rows and 5 held-out evaluations (1000 prompts) per run."""
     return [
         f"train.steps={steps}",
         f"train.batch_size={batch_size}",
         f"train.lr={lr}",
-        "train.grad_clip=1.0",
+        f"train.grad_clip={grad_clip}",
         f"train.log_every={max(steps // 50, 1)}",
         f"eval.every={max(steps // 5, 1)}",
         "eval.batch_size=1000",

@@ -20,7 +20,8 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import query_loss
-from iclab.experiments.grid import report_text, train_grid, training_overrides
+from iclab.experiments.grid import load_finished, report_text, training_overrides
+from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.learners import from_model
 from iclab.plots import save_figure
 from iclab.rundir import atomic_write_text
@@ -53,18 +54,23 @@ def task_overrides(size: Size, response: str) -> list[str]:
             "task.w_cov=diag", "task.w_cov_diag=" + ",".join([f"{1 / size.d:.6g}"] * size.d)]  # fmt: skip
 
 
-def run_specs(size: Size) -> dict[str, list[str]]:
-    specs = {}
-    for response in RESPONSES:
-        for model, model_overrides in MODELS.items():
-            extra = [f"model.mlp_hidden={size.mlp_hidden}", f"model.feature_dim={size.feature_dim}"]
-            specs[f"{response}_{model}"] = [
+def plan(quick: bool) -> list[RunSpec]:
+    """One run for every response × model."""
+    size = QUICK if quick else FULL
+    extra = [f"model.mlp_hidden={size.mlp_hidden}", f"model.feature_dim={size.feature_dim}"]
+    return [
+        RunSpec(
+            f"{response}_{model}",
+            (
                 *task_overrides(size, response),
                 *model_overrides,
                 *(extra if model == "mlp_lsa" else []),
                 *training_overrides(size.steps, size.batch_size, size.lr),
-            ]
-    return specs
+            ),
+        )
+        for response in RESPONSES
+        for model, model_overrides in MODELS.items()
+    ]
 
 
 def plot_relative_losses(results: pd.DataFrame, path: Path) -> None:
@@ -89,10 +95,10 @@ def plot_relative_losses(results: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True, jobs: int = 1) -> dict:
-    """Train LSA and MLP+LSA on each response, write results.csv and report.md into ``out``."""
+def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress: bool) -> dict:
+    """Evaluate the trained LSA and MLP+LSA on each response; write results.csv and report.md into ``out``."""
     size = QUICK if quick else FULL
-    models = train_grid(run_specs(size), out / "runs", device=device, progress=progress, jobs=jobs)
+    models = load_finished(runs, device)
     rows = []
     for response in RESPONSES:
         task = make_task(parse_config({}, task_overrides(size, response)).task)
@@ -120,3 +126,12 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
     tables = {"Query MSE (relative_loss = loss / E[y_q²])": results}
     atomic_write_text(out / "report.md", report_text("MLP + LSA reproduction", quick, size, setting, tables, checks))
     return {"results": results, "checks": checks}
+
+
+RECIPE = Recipe(
+    name="mlp_lsa",
+    paper="Kim & Suzuki, 2024",
+    claim="an MLP feature layer before linear attention learns in context labels non-linear in x; plain LSA cannot",
+    plan=plan,
+    analyse=analyse,
+)

@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from iclab.config import parse_config
-from iclab.experiments.grid import report_text, train_grid, training_overrides
+from iclab.experiments.grid import load_finished, report_text, training_overrides
+from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.plots import save_figure
 from iclab.probe import ProbeSettings, probe_model, write_probe
 from iclab.rundir import atomic_write_text
@@ -51,21 +52,24 @@ def task_overrides(size: Size) -> list[str]:
     return [f"task.d={size.d}", f"task.n={size.n}", f"task.x_cov_diag={spectrum}", "task.rotation=per_prompt"]
 
 
-def run_specs(size: Size) -> dict[str, list[str]]:
-    """{run id: overrides}, one block-form LSA per depth."""
-    return {
-        f"L{layers}": [
-            *task_overrides(size),
-            "model.param=block",
-            "model.init=zero_block",
-            "model.init_scale=0.02",
-            f"model.layers={layers}",
-            *training_overrides(size.steps, size.batch_size, size.lr),
-            "train.grad_clip=0.5",
-            f"train.warmup_steps={size.warmup_steps}",
-        ]
+def plan(quick: bool) -> list[RunSpec]:
+    """One block-form LSA per depth."""
+    size = QUICK if quick else FULL
+    return [
+        RunSpec(
+            f"L{layers}",
+            (
+                *task_overrides(size),
+                "model.param=block",
+                "model.init=zero_block",
+                "model.init_scale=0.02",
+                f"model.layers={layers}",
+                *training_overrides(size.steps, size.batch_size, size.lr, grad_clip=0.5),
+                f"train.warmup_steps={size.warmup_steps}",
+            ),
+        )
         for layers in size.layers
-    }
+    ]
 
 
 def claim_checks(maps: pd.DataFrame) -> dict[str, bool]:
@@ -100,12 +104,11 @@ def plot_maps(maps: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = True, jobs: int = 1) -> dict:
-    """Train the depths (a diverged depth is reported and skipped), probe each model, write maps.csv,
+def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress: bool) -> dict:
+    """Probe each trained depth (a diverged one, missing from ``runs``, is reported and skipped); write maps.csv,
     figures/newton_map.png, probes/L*/ (each model's full probe) and report.md into ``out``."""
     size = QUICK if quick else FULL
-    specs = run_specs(size)
-    models = train_grid(specs, out / "runs", device=device, progress=progress, jobs=jobs, allow_diverged=True)
+    models = load_finished(runs, device)
     task = make_task(parse_config({}, task_overrides(size)).task)
     settings = ProbeSettings(prompts=size.probe_prompts, probe_prompts=4 * size.probe_prompts,
                              max_iterations=size.max_iterations, sweeps=2)  # fmt: skip
@@ -116,7 +119,7 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
         candidates = result.candidates.set_index(["layer", "family"])
         for layer in result.layers.itertuples():
             newton, gd = candidates.loc[(layer.layer, "newton")], candidates.loc[(layer.layer, "gd")]
-            rows.append({"depth": len(model.blocks), "layer": layer.layer, "readout_loss": layer.readout_loss,
+            rows.append({"depth": model.num_layers, "layer": layer.layer, "readout_loss": layer.readout_loss,
                          "best": layer.best, "newton_k": layer.newton_k, "newton_difference": newton["difference"],
                          "newton_sime": newton["sime"], "gd_k": layer.gd_k, "gd_lr": gd["value"],
                          "gd_difference": gd["difference"], "gd_sime": gd["sime"]})  # fmt: skip
@@ -125,7 +128,7 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
     atomic_write_text(out / "maps.csv", maps.to_csv(index=False))
     if not maps.empty:
         plot_maps(maps, out / "figures" / "newton_map.png")
-    diverged = sorted(set(specs) - set(models))
+    diverged = sorted({spec.run_id for spec in plan(quick)} - set(runs))
     setting = (f"x ~ N(0, QΣQᵀ), Σ half 1 and half 0.01, Q per prompt; noiseless; block-form LSA; diverged and "
                f"left out: {', '.join(diverged) or 'none'}")  # fmt: skip
     tables = {"Layer → best-matching iterations (newton_k, gd_k) for each depth": maps}
@@ -133,3 +136,13 @@ def run(out: Path, quick: bool = False, device: str = "cpu", progress: bool = Tr
         out / "report.md", report_text("Newton iterations per layer", quick, size, setting, tables, checks)
     )
     return {"maps": maps, "checks": checks}
+
+
+RECIPE = Recipe(
+    name="newton",
+    paper="Fu et al., 2024",
+    claim="on ill-conditioned data, layer after layer matches more Newton iterations, far more than one GD step each",
+    plan=plan,
+    analyse=analyse,
+    allow_diverged=True,
+)

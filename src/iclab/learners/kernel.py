@@ -1,7 +1,7 @@
 """Kernel learners (Cheng, Chen, Sra 2024): functional gradient descent, kernel ridge, the GP posterior.
 
-Each holds a :class:`iclab.kernels.Kernel` and works on Gram blocks K_cc = K(xs, xs): (B, n, n) and
-K_qc = K(xq, xs): (B, m, n).
+Each holds a :class:`iclab.kernels.Kernel` (or takes its name: ``FunctionalGD("relu", 3, 0.5)``) and works
+on Gram blocks K_cc = K(xs, xs): (B, n, n) and K_qc = K(xq, xs): (B, m, n).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from iclab.kernels import Kernel
+from iclab.kernels import Kernel, as_kernel
 from iclab.learners.algorithms import last
 from iclab.learners.base import Learner
+from iclab.validate import check_number
 
 
 def functional_gd(k_cc: Tensor, k_qc: Tensor, ys: Tensor, steps: int, lr: float) -> Tensor:
@@ -55,12 +56,10 @@ def kernel_ridge(k_cc: Tensor, k_qc: Tensor, ys: Tensor, alpha: float) -> Tensor
 class FunctionalGD(Learner):
     """``steps`` steps of functional gradient descent with step ``lr`` in the RKHS of ``kernel``."""
 
-    def __init__(self, kernel: Kernel, steps: int, lr: float) -> None:
-        if steps < 0:
-            raise ValueError(f"FunctionalGD.steps must be >= 0, got {steps}")
-        if not lr > 0:
-            raise ValueError(f"FunctionalGD.lr must be > 0, got {lr}")
-        self.kernel, self.steps, self.lr = kernel, int(steps), float(lr)
+    def __init__(self, kernel: Kernel | str, steps: int, lr: float) -> None:
+        self.kernel = as_kernel(kernel)
+        self.steps = check_number("FunctionalGD.steps", steps, ge=0, integer=True)
+        self.lr = check_number("FunctionalGD.lr", lr, gt=0.0)
         self.name = f"functional_gd({kernel}, steps={self.steps}, lr={self.lr:.4g})"
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
@@ -70,10 +69,8 @@ class FunctionalGD(Learner):
 class KernelRidge(Learner):
     """Kernel ridge regression k_qᵀ (K + αI)⁻¹ y."""
 
-    def __init__(self, kernel: Kernel, alpha: float) -> None:
-        if not alpha > 0:
-            raise ValueError(f"KernelRidge.alpha must be > 0, got {alpha}")
-        self.kernel, self.alpha = kernel, float(alpha)
+    def __init__(self, kernel: Kernel | str, alpha: float) -> None:
+        self.kernel, self.alpha = as_kernel(kernel), check_number("KernelRidge.alpha", alpha, gt=0.0)
         self.name = f"kernel_ridge({kernel}, alpha={self.alpha:g})"
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
@@ -92,10 +89,9 @@ class GPPosterior(Learner):
     context and queries onto the PSD cone (this only matters for the ReLU kernel) and conditions on it,
     Σ_qc (Σ_cc + σ²I)⁺ y; with σ = 0 the pseudo-inverse gives the minimum-norm interpolant."""
 
-    def __init__(self, kernel: Kernel, noise_std: float = 0.0) -> None:
-        if not noise_std >= 0:
-            raise ValueError(f"GPPosterior.noise_std must be >= 0, got {noise_std}")
-        self.kernel, self.noise_std = kernel, float(noise_std)
+    def __init__(self, kernel: Kernel | str, noise_std: float = 0.0) -> None:
+        self.kernel = as_kernel(kernel)
+        self.noise_std = check_number("GPPosterior.noise_std", noise_std, ge=0.0)
         self.name = f"gp_posterior({kernel}, noise={self.noise_std:g})"
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:

@@ -7,13 +7,7 @@ from torch import Tensor
 
 from iclab.learners import algorithms
 from iclab.learners.base import Learner, LinearLearner
-
-
-def _check(name: str, value: float, *, ge: float | None = None, gt: float | None = None) -> None:
-    if ge is not None and not value >= ge:
-        raise ValueError(f"{name} must be >= {ge:g}, got {value!r}")
-    if gt is not None and not value > gt:
-        raise ValueError(f"{name} must be > {gt:g}, got {value!r}")
+from iclab.validate import check_number
 
 
 class LeastSquares(LinearLearner):
@@ -29,8 +23,7 @@ class Ridge(LinearLearner):
     """w = (XᵀX + αI)⁻¹Xᵀy."""
 
     def __init__(self, alpha: float) -> None:
-        _check("Ridge.alpha", alpha, gt=0.0)
-        self.alpha = float(alpha)
+        self.alpha = check_number("Ridge.alpha", alpha, gt=0.0)
         self.name = f"ridge(alpha={self.alpha:g})"
 
     def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
@@ -41,9 +34,8 @@ class GradientDescent(LinearLearner):
     """``steps`` steps of GD from w₀ = 0: w ← w + (lr/n)·Xᵀ(y − Xw)."""
 
     def __init__(self, steps: int, lr: float) -> None:
-        _check("GradientDescent.steps", steps, ge=0)
-        _check("GradientDescent.lr", lr, gt=0.0)
-        self.steps, self.lr = int(steps), float(lr)
+        self.steps = check_number("GradientDescent.steps", steps, ge=0, integer=True)
+        self.lr = check_number("GradientDescent.lr", lr, gt=0.0)
         self.name = f"gd(steps={self.steps}, lr={self.lr:.4g})"
 
     def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
@@ -54,14 +46,14 @@ class PreconditionedGD(LinearLearner):
     """GD with a fixed preconditioner P: w ← w + (lr/n)·P·Xᵀ(y − Xw)."""
 
     def __init__(self, steps: int, lr: float, preconditioner: Tensor) -> None:
-        _check("PreconditionedGD.steps", steps, ge=0)
-        _check("PreconditionedGD.lr", lr, gt=0.0)
+        steps = check_number("PreconditionedGD.steps", steps, ge=0, integer=True)
+        lr = check_number("PreconditionedGD.lr", lr, gt=0.0)
         if preconditioner.ndim != 2 or preconditioner.shape[0] != preconditioner.shape[1]:
             raise ValueError(
                 f"PreconditionedGD.preconditioner must be a square (d, d) matrix, "
                 f"got shape {tuple(preconditioner.shape)}"
             )
-        self.steps, self.lr, self.preconditioner = int(steps), float(lr), preconditioner
+        self.steps, self.lr, self.preconditioner = steps, lr, preconditioner
         self.name = f"pgd(steps={self.steps}, lr={self.lr:.4g})"
 
     def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
@@ -79,8 +71,7 @@ class NewtonSchulz(LinearLearner):
     prediction is x_qᵀ M_steps Xᵀy, so ``steps=0`` uses M₀ = αXᵀX and many steps approach least squares."""
 
     def __init__(self, steps: int) -> None:
-        _check("NewtonSchulz.steps", steps, ge=0)
-        self.steps = int(steps)
+        self.steps = check_number("NewtonSchulz.steps", steps, ge=0, integer=True)
         self.name = f"newton(steps={self.steps})"
 
     def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
@@ -109,8 +100,7 @@ class KNearest(Learner):
     """Mean label of the k nearest context points."""
 
     def __init__(self, k: int) -> None:
-        _check("KNearest.k", k, ge=1)
-        self.k = int(k)
+        self.k = check_number("KNearest.k", k, ge=1, integer=True)
         self.name = f"knn(k={self.k})"
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:

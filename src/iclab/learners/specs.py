@@ -1,13 +1,19 @@
 """Learners named on the command line: ``name[:key=value[:key=value…]]``, e.g. ``gd:steps=2:lr=0.5``.
 
-Defaults that depend on the task come from it: ``gd``/``pgd`` with one step take the optimal isotropic
-step size n/(n + d + 1 + σ²), ``pgd`` preconditions with Λ⁻¹, ``ridge`` and ``kernel_ridge`` take α = σ² (the
-Bayes choice for w ~ N(0, I); 1e-3 for a noiseless task), ``fgd`` and ``kernel_ridge`` use the GP task's
-kernel (or the one named by ``kernel=linear|relu|exp``), ``gp_posterior`` the GP task's kernel and noise;
-``newton`` takes 10 Newton–Schulz steps.
+:data:`LEARNER_SPECS` is the one table of spec names, their keys and builders (the CLI's help, the docs and
+the conformance tests read it). Defaults that depend on the task come from it: ``pgd`` preconditions with
+Λ⁻¹, ``ridge`` and ``kernel_ridge`` take α = σ² (the Bayes choice for w ~ N(0, I); 1e-3 for a noiseless
+task), ``fgd`` and ``kernel_ridge`` use the task's kernel (or the one named by ``kernel=linear|relu|exp``),
+``gp_posterior`` the task's kernel and noise; ``newton`` takes 10 Newton–Schulz steps. One-step ``gd`` and
+``pgd`` without ``lr`` take ``default_lr``, which the caller derives (the CLI: the optimal isotropic step
+n/(n + d + 1 + σ²) from :mod:`iclab.theory`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,99 +31,110 @@ from iclab.learners.reference import (
     Ridge,
     Zero,
 )
-from iclab.tasks import Task
-from iclab.theory import isotropic_gd_optimum
 
-SPEC_KEYS: dict[str, set[str]] = {
-    "least_squares": set(),
-    "ols": set(),
-    "ridge": {"alpha"},
-    "gd": {"steps", "lr"},
-    "pgd": {"steps", "lr"},
-    "newton": {"steps"},
-    "averaging": set(),
-    "knn": {"k"},
-    "zero": set(),
-    "fgd": {"kernel", "steps", "lr"},
-    "kernel_ridge": {"kernel", "alpha"},
-    "gp_posterior": set(),
-}
-SPEC_NAMES = tuple(SPEC_KEYS)
+if TYPE_CHECKING:
+    from iclab.tasks import Sampler
 
 
 class LearnerSpecError(UserError):
     """A learner spec that names an unknown learner or hyper-parameter, or a bad value."""
 
 
-def _number(spec: str, key: str, raw: str, kind: type) -> float | int:
-    try:
-        return kind(raw)
-    except ValueError:
-        raise LearnerSpecError(
-            f"learner {spec!r}: {key} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
-        ) from None
+@dataclass(frozen=True)
+class SpecContext:
+    """What a spec's builder may use: the spec text (for messages), its key=value strings, the task, and the
+    caller's default one-step learning rate."""
+
+    spec: str
+    values: dict[str, str]
+    task: Sampler
+    default_lr: float | None
+
+    def number(self, key: str, default: str, kind: type = float) -> float | int:
+        raw = self.values.get(key, default)
+        try:
+            return kind(raw)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise LearnerSpecError(f"learner {self.spec!r}: {key} must be {what}, got {raw!r}") from None
+
+    def alpha(self) -> float:
+        return self.number("alpha", repr(self.task.cfg.noise_std**2 or 1e-3))
+
+    def gd_step(self) -> tuple[int, float]:
+        steps = self.number("steps", "1", int)
+        if "lr" in self.values:
+            return steps, self.number("lr", "")
+        if steps != 1 or self.default_lr is None:
+            raise LearnerSpecError(f"learner {self.spec!r}: give lr=… (there is a default only for one step)")
+        return steps, self.default_lr
+
+    def kernel(self) -> Kernel:
+        """The kernel a spec names, with the task's scale when it is the task's own kernel (default)."""
+        own = self.task.kernel or Kernel("linear")
+        name = self.values.get("kernel", own.name)
+        return Kernel(name, own.scale if name == own.name else 1.0)
 
 
-def _kernel(spec: str, values: dict[str, str], task: Task) -> Kernel:
-    """The kernel a spec names, with the task's scale when it is the task's own kernel (default)."""
-    own = getattr(task, "kernel", Kernel("linear"))
-    name = values.get("kernel", own.name)
-    return Kernel(name, own.scale if name == own.name else 1.0)
+def _pgd(c: SpecContext) -> Learner:
+    x_cov = c.task.x_covariance()
+    if x_cov is None:
+        raise LearnerSpecError(f"learner {c.spec!r}: pgd preconditions with the task's fixed x covariance; "
+                               f"task.name={c.task.cfg.name} has none")  # fmt: skip
+    return PreconditionedGD(*c.gd_step(), torch.linalg.inv(x_cov))
 
 
-def _gd_step(spec: str, values: dict[str, str], task: Task) -> tuple[int, float]:
-    steps = _number(spec, "steps", values.get("steps", "1"), int)
-    if "lr" in values:
-        return steps, _number(spec, "lr", values["lr"], float)
-    if steps != 1:
-        raise LearnerSpecError(f"learner {spec!r}: give lr=… for {steps} steps (the default is the one-step optimum)")
-    return steps, isotropic_gd_optimum(task.d, task.n, task.cfg.noise_std).lr
+def _gp_posterior(c: SpecContext) -> Learner:
+    if c.task.kernel is None:
+        raise LearnerSpecError(f"learner {c.spec!r}: gp_posterior needs a task with a kernel, got {c.task.cfg.name}")
+    return GPPosterior(c.task.kernel, c.task.cfg.noise_std)
 
 
-def _build(name: str, spec: str, values: dict[str, str], task: Task) -> Learner:
-    noise = task.cfg.noise_std
-    alpha = _number(spec, "alpha", values["alpha"], float) if "alpha" in values else (noise**2 or 1e-3)
-    if name in ("least_squares", "ols"):
-        return LeastSquares()
-    if name == "ridge":
-        return Ridge(alpha)
-    if name == "gd":
-        return GradientDescent(*_gd_step(spec, values, task))
-    if name == "pgd":
-        if not hasattr(task, "x_cov"):
-            raise LearnerSpecError(f"learner {spec!r}: pgd preconditions with the task's x covariance; "
-                                   f"task.name={task.cfg.name} has none")  # fmt: skip
-        return PreconditionedGD(*_gd_step(spec, values, task), torch.linalg.inv(task.x_cov))
-    if name == "newton":
-        return NewtonSchulz(_number(spec, "steps", values.get("steps", "10"), int))
-    if name == "knn":
-        return KNearest(_number(spec, "k", values.get("k", "3"), int))
-    if name == "fgd":
-        steps = _number(spec, "steps", values.get("steps", "1"), int)
-        return FunctionalGD(_kernel(spec, values, task), steps, _number(spec, "lr", values.get("lr", "1"), float))
-    if name == "kernel_ridge":
-        return KernelRidge(_kernel(spec, values, task), alpha)
-    if name == "gp_posterior":
-        if not hasattr(task, "kernel"):
-            raise LearnerSpecError(f"learner {spec!r}: gp_posterior needs task.name=gp, got {task.cfg.name}")
-        return GPPosterior(task.kernel, noise)
-    return Averaging() if name == "averaging" else Zero()
+@dataclass(frozen=True)
+class LearnerSpec:
+    """A spec name, the keys it takes and its builder."""
+
+    name: str
+    keys: tuple[str, ...]
+    build: Callable[[SpecContext], Learner]
 
 
-def parse_learner(spec: str, task: Task) -> Learner:
+LEARNER_SPECS: dict[str, LearnerSpec] = {
+    spec.name: spec
+    for spec in [
+        LearnerSpec("least_squares", (), lambda c: LeastSquares()),
+        LearnerSpec("ols", (), lambda c: LeastSquares()),
+        LearnerSpec("ridge", ("alpha",), lambda c: Ridge(c.alpha())),
+        LearnerSpec("gd", ("steps", "lr"), lambda c: GradientDescent(*c.gd_step())),
+        LearnerSpec("pgd", ("steps", "lr"), _pgd),
+        LearnerSpec("newton", ("steps",), lambda c: NewtonSchulz(c.number("steps", "10", int))),
+        LearnerSpec("averaging", (), lambda c: Averaging()),
+        LearnerSpec("knn", ("k",), lambda c: KNearest(c.number("k", "3", int))),
+        LearnerSpec("zero", (), lambda c: Zero()),
+        LearnerSpec("fgd", ("kernel", "steps", "lr"),
+                    lambda c: FunctionalGD(c.kernel(), c.number("steps", "1", int), c.number("lr", "1"))),
+        LearnerSpec("kernel_ridge", ("kernel", "alpha"), lambda c: KernelRidge(c.kernel(), c.alpha())),
+        LearnerSpec("gp_posterior", (), _gp_posterior),
+    ]
+}  # fmt: skip
+SPEC_NAMES = tuple(LEARNER_SPECS)
+
+
+def parse_learner(spec: str, task: Sampler, default_lr: float | None = None) -> Learner:
     """The learner that ``spec`` names, with task-dependent defaults (see the module docstring)."""
     name, *params = spec.strip().split(":")
-    if name not in SPEC_KEYS:
+    if name not in LEARNER_SPECS:
         raise LearnerSpecError(f"unknown learner {name!r} in {spec!r}; choose from {', '.join(SPEC_NAMES)}")
+    entry = LEARNER_SPECS[name]
     values: dict[str, str] = {}
     for item in params:
         key, sep, value = item.partition("=")
-        if not sep or key not in SPEC_KEYS[name]:
-            allowed = ", ".join(sorted(SPEC_KEYS[name])) or "none"
+        if not sep or key not in entry.keys:
+            allowed = ", ".join(sorted(entry.keys)) or "none"
             raise LearnerSpecError(f"learner {spec!r}: unknown parameter {item!r}; {name} takes {allowed}")
         values[key] = value
     try:
-        return _build(name, spec, values, task)
+        return entry.build(SpecContext(spec, values, task, default_lr))
     except LearnerSpecError:
         raise
     except ValueError as err:

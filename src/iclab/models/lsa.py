@@ -30,13 +30,41 @@ the full form's label-label products make the forward pass a polynomial of degre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from iclab.config import ModelConfig
 from iclab.kernels import KERNELS, Kernel
+from iclab.models.base import InContextModel
 from iclab.models.hooks import HookPoint
-from iclab.prompts import stacked_tokens
+from iclab.registry import MODELS
+
+
+class LSAConfig(ModelConfig):
+    """Linear self-attention (``model.name=lsa``)."""
+
+    name: Literal["lsa"] = Field("lsa", description="model family")
+    layers: int = Field(1, ge=1, description="number of attention layers")
+    heads: int = Field(1, ge=1, description="attention heads per layer")
+    param: Literal["full", "sparse", "block"] = Field(
+        "full", description="free W_KQ, W_PV; the theory's sparse form; or sparse + a features block (GD++)"
+    )
+    init: Literal["gaussian", "zero_block", "balanced"] = Field(
+        "gaussian", description="all entries N(0, s²); only the sparse blocks; or the balanced GD-step init"
+    )
+    init_scale: float = Field(0.1, ge=0.0, description="s, the scale of the initial weights")
+
+
+class KernelAttentionConfig(LSAConfig):
+    """Attention with an activation h on the scores (``model.name=kernel_attention``, Cheng et al.)."""
+
+    name: Literal["kernel_attention"] = Field("kernel_attention", description="model family")
+    activation: Literal["linear", "relu", "exp", "softmax"] = Field(
+        "linear", description="h applied to the scores (softmax: row-normalised)"
+    )
 
 
 @dataclass
@@ -136,7 +164,7 @@ class LSABlock(nn.Module):
         return self.resid_post(tokens + self.attn(tokens, n))
 
 
-class LSA(nn.Module):
+class LSA(InContextModel):
     """L layers of self-attention with activation h (linear: LSA; relu/exp/softmax: the kernel attention
     of Cheng et al.); hooks ``embed``, ``blocks.{l}.attn.scores`` and ``.weights`` (B, H, N, n),
     ``blocks.{l}.attn.out`` and ``blocks.{l}.resid_post`` (B, N, D)."""
@@ -150,21 +178,43 @@ class LSA(nn.Module):
         if shape.activation not in (*KERNELS, "softmax"):
             raise ValueError(f"model.activation must be one of linear, relu, exp, softmax; got {shape.activation!r}")
         self.shape = shape
+        self.kernel = Kernel(shape.activation) if shape.activation in KERNELS and shape.activation != "linear" else None
         self.embed = HookPoint()
         self.blocks = nn.ModuleList(LSABlock(shape) for _ in range(shape.layers))
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
     def forward(self, tokens: Tensor, n: int) -> Tensor:
         """tokens: (B, n + m, D) → the final residual stream (B, n + m, D)."""
+        return self._streams(tokens, n)[-1]
+
+    def _streams(self, tokens: Tensor, n: int) -> list[Tensor]:
+        """The residual stream after each layer: L tensors (B, n + m, D)."""
         tokens = self.embed(tokens)
+        streams = []
         for block in self.blocks:
             tokens = block(tokens, n)
-        return tokens
+            streams.append(tokens)
+        return streams
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
         """xs: (B, n, d), ys: (B, n), xq: (B, m, d), descriptor: (B, k) → ŷ: (B, m) (minus the label slot)."""
         n = xs.shape[1]
-        resid = self(stacked_tokens(xs, ys, xq, descriptor), n)
-        return -resid[:, n:, self.shape.d]
+        return self.readout(self(self.tokens(xs, ys, xq, descriptor), n)[:, n:])
+
+    def layer_states(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> list[Tensor]:
+        """The residual stream at the query tokens after each layer: L tensors (B, m, D)."""
+        n = xs.shape[1]
+        return [stream[:, n:] for stream in self._streams(self.tokens(xs, ys, xq, descriptor), n)]
+
+    def readout(self, state: Tensor) -> Tensor:
+        """Minus the label slot: (B, m, D) → (B, m)."""
+        return -state[..., self.shape.d]
+
+    def attention_stack(self) -> LSA:
+        return self
 
     @torch.no_grad()
     def initialise(self, init: str, scale: float, generator: torch.Generator) -> None:
@@ -200,3 +250,15 @@ class LSA(nn.Module):
                 attn.w_pv.zero_()
                 attn.w_kq[:, idx.view(-1, 1), idx.view(1, -1)] = kq.to(attn.w_kq.dtype)
                 attn.w_pv[:, self.shape.d, self.shape.d] = value.to(attn.w_pv.dtype)
+
+
+def build_lsa(cfg: LSAConfig, task, generator: torch.Generator) -> LSA:
+    """An LSA (or kernel attention) sized for ``task`` (d, descriptor), initialised from ``generator``."""
+    activation = cfg.activation if isinstance(cfg, KernelAttentionConfig) else "linear"
+    model = LSA(LSAShape(task.d, task.descriptor_dim, cfg.layers, cfg.heads, cfg.param, activation))
+    model.initialise(cfg.init, cfg.init_scale, generator)
+    return model
+
+
+MODELS.register("lsa", LSAConfig, build_lsa, "linear self-attention on the stacked tokens (x_i, y_i[, s])")
+MODELS.register("kernel_attention", KernelAttentionConfig, build_lsa, "attention with h(scores): functional GD")

@@ -9,7 +9,7 @@
 - :mod:`~iclab.probe.run`: all of it on one model, written as CSVs, figures and report.md.
 """
 
-from iclab.probe.readout import LayerReadout, LinearProbe, ProbeReadout, fit_linear_probes, layer_readouts
+from iclab.probe.readout import LayerReadout, LinearProbe, ProbeReadout, fit_linear_probes
 from iclab.probe.run import ProbeResult, ProbeSettings, probe_model, probe_run, write_probe
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "ProbeResult",
     "ProbeSettings",
     "fit_linear_probes",
-    "layer_readouts",
     "probe_model",
     "probe_run",
     "write_probe",

@@ -32,9 +32,12 @@ from iclab.prompts import Prompts
 METRICS = ("difference", "sime")
 
 
-def relative_difference(predictions: Tensor, readout: Tensor) -> Tensor:
-    """predictions: (..., B, n, m), readout: (B, n, m) → (...,); non-finite candidates give inf."""
-    value = ((predictions - readout) ** 2).sum((-3, -2, -1)) / (readout**2).sum().clamp_min(1e-300)
+def relative_difference(values: Tensor, reference: Tensor) -> Tensor:
+    """‖values − reference‖² / ‖reference‖² over the last three dimensions (B, n, m); leading dimensions of
+    either broadcast: (..., B, n, m) → (...,). Non-finite results give inf. The probe's ``difference`` takes
+    the layer's read-out as the reference."""
+    squares = ((values - reference) ** 2).sum((-3, -2, -1))
+    value = squares / (reference**2).sum((-3, -2, -1)).clamp_min(1e-300)
     return torch.nan_to_num(value, nan=math.inf, posinf=math.inf)
 
 

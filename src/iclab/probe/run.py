@@ -12,13 +12,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
+from iclab.config import describe
 from iclab.errors import UserError
 from iclab.evaluate import ErrorCurve, error_curve, query_loss
-from iclab.kernels import KERNELS, Kernel
+from iclab.kernels import Kernel
 from iclab.learners import LeastSquares, from_model
-from iclab.learners.specs import parse_learner
+from iclab.models import InContextModel
 from iclab.plots import markdown_table, save_figure
 from iclab.probe.candidates import candidate_families
 from iclab.probe.matching import (
@@ -28,19 +28,12 @@ from iclab.probe.matching import (
     sensitivity_cosine,
 )
 from iclab.probe.piecewise import Sweep, plot_sweeps, summarise, sweep_queries
-from iclab.probe.readout import (
-    LayerReadout,
-    ProbeReadout,
-    all_prefix_readouts,
-    attention_stack,
-    fit_linear_probes,
-    layer_readouts,
-)
+from iclab.probe.readout import LayerReadout, ProbeReadout, all_prefix_readouts, fit_linear_probes
 from iclab.probe.weights import LayerWeights, compare_with_gd_construction, plot_weights
-from iclab.rundir import atomic_write_text, load_model
+from iclab.rundir import atomic_write_text
+from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import Task
-from iclab.train import sample_in_chunks
 
 
 class ProbeError(UserError):
@@ -80,50 +73,42 @@ class ProbeResult:
     description: dict[str, str] = field(default_factory=dict)
 
 
-def _candidate_kernels(model: nn.Module, task: Task) -> tuple[Kernel, ...]:
-    """Functional-GD kernels worth trying: the model's attention activation and a GP task's kernel."""
+def _candidate_kernels(model: InContextModel, task: Task) -> tuple[Kernel, ...]:
+    """Functional-GD kernels worth trying: the one the model's attention induces and the task's own (linear
+    kernels are left out: functional GD with them is GD)."""
     kernels = []
-    activation = attention_stack(model)[0].shape.activation
-    if activation in KERNELS and activation != "linear":
-        kernels.append(Kernel(activation))
-    own = getattr(task, "kernel", None)
-    if own is not None and own.name != "linear" and own not in kernels:
-        kernels.append(own)
+    for kernel in (model.kernel, task.kernel):
+        if kernel is not None and kernel.name != "linear" and kernel not in kernels:
+            kernels.append(kernel)
     return tuple(kernels)
 
 
 def _preconditioner(task: Task) -> torch.Tensor | None:
-    """Λ⁻¹ of a linear task with one fixed x covariance other than I (else preconditioned GD is GD or
-    undefined)."""
-    try:
-        x_cov = task.x_cov
-    except (AttributeError, ValueError):
+    """Λ⁻¹ of a task with one fixed x covariance other than I (else preconditioned GD is GD or undefined)."""
+    x_cov = task.x_covariance()
+    if x_cov is None:
         return None
     eye = torch.eye(x_cov.shape[0], dtype=x_cov.dtype)
     return None if torch.allclose(x_cov, eye) else torch.linalg.inv(x_cov)
 
 
-def _bayes_reference(task: Task):
-    """The smooth reference of the sweeps: the GP posterior on GP tasks, ridge with α = σ² otherwise."""
-    return parse_learner("gp_posterior" if task.cfg.name == "gp" else "ridge", task)
-
-
 def probe_model(
-    model: nn.Module, task: Task, settings: ProbeSettings = ProbeSettings(), device: str = "cpu",
+    model: InContextModel, task: Task, settings: ProbeSettings = ProbeSettings(), device: str = "cpu",
     progress: bool = True,
 ) -> ProbeResult:  # fmt: skip
-    """Probe ``model`` (any attention stack) on fresh prompts of ``task``, in float64 on ``device``."""
+    """Probe ``model`` (any :class:`~iclab.models.base.InContextModel`) on fresh prompts of ``task``, in float64
+    on ``device``; the weights are compared with the GD construction where the model has an attention stack."""
     say = print if progress else (lambda *_: None)
     model = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
     task = task.with_changes(n_queries=settings.queries)
     first_prefix = task.n if settings.first_prefix is None else settings.first_prefix
     if not 1 <= first_prefix <= task.n:
         raise ProbeError(f"first_prefix must be in 1..{task.n} (the task's n), got {first_prefix}")
-    prompts = sample_in_chunks(task, settings.prompts, make_generator(settings.seed, "probe"), torch.float64)
+    prompts = task.sample_in_chunks(settings.prompts, make_generator(settings.seed, "probe"), torch.float64)
     prompts = prompts.to(device)
-    fit_prompts = sample_in_chunks(task, settings.probe_prompts, make_generator(settings.seed, "probe-fit"),
-                                   torch.float64).to(device)  # fmt: skip
-    layers = len(attention_stack(model)[0].blocks)
+    fit_prompts = task.sample_in_chunks(settings.probe_prompts, make_generator(settings.seed, "probe-fit"),
+                                        torch.float64).to(device)  # fmt: skip
+    layers = model.num_layers
 
     say(f"probe: read-outs and linear probes of {layers} layer(s) on {prompts.batch} prompts")
     readouts = all_prefix_readouts(model, prompts, first_prefix)  # (L, B, n − first_prefix + 1, m)
@@ -144,7 +129,7 @@ def probe_model(
         grid = matcher.grid_matches(layer, readout)
         grid_rows += [asdict(match) for match in grid]
         model_sensitivity = input_sensitivity(
-            lambda xs, ys, xq, side, layer=layer: layer_readouts(model, xs, ys, xq, side, detach=False)[layer - 1],
+            lambda xs, ys, xq, side, layer=layer: model.layer_readouts(xs, ys, xq, side)[layer - 1],
             prompts,
         )
         best = matcher.best_per_family(grid, readout)
@@ -168,10 +153,9 @@ def probe_model(
         layer_rows.append(row)
         say(f"probe: layer {layer}: {top.label()} (difference {top.difference:.3g}, SimE {top.sime:.4f})")
 
-    reference = _bayes_reference(task)
-    sphere = task.cfg.name == "gp" and task.cfg.x_dist == "sphere"
-    sweeps = sweep_queries(from_model(model), reference, prompts, sphere, make_generator(settings.seed, "sweeps"),
-                           count=settings.sweeps)  # fmt: skip
+    reference = task.reference_learner()
+    sweeps = sweep_queries(from_model(model), reference, prompts, task.x_on_sphere,
+                           make_generator(settings.seed, "sweeps"), count=settings.sweeps)  # fmt: skip
     return ProbeResult(
         layers=pd.DataFrame(layer_rows),
         candidates=pd.DataFrame(candidate_rows),
@@ -295,15 +279,7 @@ def probe_run(
     if settings.first_prefix is None and cfg.train.curriculum.enabled:  # trained on n_start..n examples
         settings = replace(settings, first_prefix=min(cfg.train.curriculum.n_start, cfg.task.n))
     result = probe_model(model, make_task(cfg.task, cfg.seed), settings, device=device, progress=progress)
-    result.description = {
-        "run": str(run_dir), "step": str(step),
-        "model": f"{cfg.model.name}, {cfg.model.layers} layer(s), {cfg.model.heads} head(s), {cfg.model.param}, "
-                 f"activation {cfg.model.activation}",
-        "task": f"{cfg.task.name}, d={cfg.task.d}, n={cfg.task.n}, noise {cfg.task.noise_std:g}"
-                + (f", condition number {cfg.task.condition_number:g}" if cfg.task.condition_number else "")
-                + (f", x covariance diag {cfg.task.x_cov_diag}" if cfg.task.x_cov_diag else "")
-                + (f", rotation {cfg.task.rotation}" if cfg.task.rotation != "none" else "")
-                + (f", kernel {cfg.task.kernel}" if cfg.task.name == "gp" else ""),
-    }  # fmt: skip
+    result.description = {"run": str(run_dir), "step": str(step), "model": describe(cfg.model),
+                          "task": describe(cfg.task)}  # fmt: skip
     write_probe(result, Path(out) if out is not None else run_dir / "probe", f"{run_dir.name} (step {step})")
     return result

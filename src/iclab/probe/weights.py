@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import nn
 
+from iclab.models import InContextModel
 from iclab.plots import save_figure
-from iclab.probe.readout import attention_stack
 
 
 @dataclass
@@ -41,9 +40,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / norm) if norm > 0 else 0.0
 
 
-def compare_with_gd_construction(model: nn.Module) -> list[LayerWeights]:
-    """Every layer and head of the model's attention stack against the GD construction."""
-    stack, _ = attention_stack(model)
+def compare_with_gd_construction(model: InContextModel) -> list[LayerWeights]:
+    """Every layer and head of the model's attention stack against the GD construction; [] for a model
+    without a stacked-token attention stack (``model.attention_stack()`` is None)."""
+    stack = model.attention_stack()
+    if stack is None:
+        return []
     d, width = stack.shape.d, stack.shape.width
     kq_construction = np.zeros((width, width))
     kq_construction[:d, :d] = np.eye(d)
@@ -68,6 +70,8 @@ def plot_weights(rows: list[LayerWeights], path, max_rows: int = 8) -> None:
     """weights.png: per layer/head, trained W_KQ and W_PV beside the construction's (each row on one colour
     scale symmetric about 0)."""
     rows = rows[:max_rows]
+    if not rows:
+        return
     fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.5 * len(rows)), squeeze=False)
     for ax_row, row in zip(axes, rows, strict=True):
         panels = [

@@ -1,22 +1,29 @@
-"""What every prompt sampler shares."""
+"""What every task family provides: the sampler interface the trainer, the evaluators and the probe use."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import torch
+from torch import Tensor
 
 from iclab.config import TaskConfig
+from iclab.kernels import Kernel
+from iclab.learners.base import Learner
+from iclab.prompts import Prompts
 
 
 class Sampler:
-    """A task family's sampler: holds its TaskConfig and seed; subclasses add ``descriptor_dim`` and ``sample``."""
+    """A task family's prompt sampler, built by ``Sampler(cfg, seed)`` from its config and the run seed (fixed
+    random parts such as a rotation or a set of means are drawn from the seed).
 
-    cfg: TaskConfig
-    seed: int
+    Subclasses implement :meth:`sample` and :meth:`reference_learner`; they override ``descriptor_dim`` when
+    the prompts carry a descriptor, :meth:`x_covariance` when x has one fixed covariance, ``kernel`` when the
+    labels come from a kernel.
+    """
 
-    def with_changes(self, **changes: object) -> Sampler:
-        """The same task (same seed, so the same fixed rotation and means) with config fields changed,
-        e.g. ``n_queries=10``."""
-        return type(self)(replace(self.cfg, **changes), self.seed)
+    kernel: Kernel | None = None  # the kernel of the label function, where there is one
+
+    def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
+        self.cfg, self.seed = cfg, seed
 
     @property
     def d(self) -> int:
@@ -25,3 +32,47 @@ class Sampler:
     @property
     def n(self) -> int:
         return self.cfg.n
+
+    @property
+    def x_on_sphere(self) -> bool:
+        """Whether every x lies on the unit sphere (query sweeps then follow great circles)."""
+        return False
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Length k of the descriptor vector given to the model (0: none)."""
+        return 0
+
+    def sample(
+        self,
+        batch: int,
+        generator: torch.Generator,
+        *,
+        n: int | None = None,
+        d_active: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Prompts:
+        """Draw ``batch`` prompts with ``n`` context examples (default task.n) and task.n_queries queries:
+        xs (B, n, d), ys (B, n), xq (B, m, d), yq (B, m). ``d_active`` < d zeroes the trailing coordinates of
+        x (curriculum). The result depends only on the generator's state and ``dtype``."""
+        raise NotImplementedError
+
+    def sample_in_chunks(
+        self, count: int, generator: torch.Generator, dtype: torch.dtype = torch.float32, chunk: int = 8192
+    ) -> Prompts:
+        """``count`` prompts drawn ``chunk`` at a time (bounded memory while sampling)."""
+        sizes = [min(chunk, count - start) for start in range(0, count, chunk)]
+        return Prompts.concat([self.sample(size, generator, dtype=dtype) for size in sizes])
+
+    def reference_learner(self) -> Learner:
+        """The task's Bayes-optimal (or best known) predictor, which probes and reports compare against."""
+        raise NotImplementedError
+
+    def x_covariance(self) -> Tensor | None:
+        """The fixed covariance Λ (d, d) float64 of x around its mean, or None when there is none."""
+        return None
+
+    def with_changes(self, **changes: object) -> Sampler:
+        """The same task (same seed, so the same fixed random parts) with config fields changed, e.g.
+        ``n_queries=10``; the new config is validated."""
+        return type(self)(self.cfg.with_changes(**changes), self.seed)

@@ -8,24 +8,44 @@ set to 0) before sampling; for the linear and exponential kernels this changes n
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from iclab.config import TaskConfig
 from iclab.kernels import Kernel
+from iclab.learners import GPPosterior, Learner
 from iclab.prompts import Prompts
+from iclab.registry import TASKS
 from iclab.tasks.base import Sampler
+
+
+class GPTaskConfig(TaskConfig):
+    """Gaussian-process functions (``task.name=gp``)."""
+
+    name: Literal["gp"] = Field("gp", description="task family")
+    kernel: Literal["linear", "relu", "exp"] = Field("linear", description="covariance kernel h(xᵀx'/s)")
+    kernel_scale: float = Field(1.0, gt=0.0, description="the kernel's scale s")
+    x_dist: Literal["gaussian", "sphere"] = Field("gaussian", description="x ~ N(0, I) or uniform on S^{d-1}")
 
 
 class GPTask(Sampler):
     """Sampler of GP-function prompts; nothing is fixed across prompts, so ``seed`` is unused."""
 
-    def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
-        self.cfg, self.seed = cfg, seed
+    cfg: GPTaskConfig
+
+    def __init__(self, cfg: GPTaskConfig, seed: int = 0) -> None:
+        super().__init__(cfg, seed)
         self.kernel = Kernel(cfg.kernel, cfg.kernel_scale)
 
     @property
-    def descriptor_dim(self) -> int:
-        return 0
+    def x_on_sphere(self) -> bool:
+        return self.cfg.x_dist == "sphere"
+
+    def reference_learner(self) -> Learner:
+        """The GP posterior mean with the task's kernel and noise: the Bayes predictor."""
+        return GPPosterior(self.kernel, self.cfg.noise_std)
 
     def sample(
         self,
@@ -51,3 +71,6 @@ class GPTask(Sampler):
         f = (vectors @ (eigenvalues.clamp_min(0).sqrt() * g).unsqueeze(-1)).squeeze(-1)  # (B, N)
         y = f.to(dtype) + cfg.noise_std * torch.randn(batch, total, generator=generator, dtype=dtype)
         return Prompts(xs=x[:, :n], ys=y[:, :n], xq=x[:, n:], yq=y[:, n:], descriptor=None, w=None)
+
+
+TASKS.register("gp", GPTaskConfig, GPTask, "Gaussian-process functions, labels y ~ N(0, K + σ²I)")

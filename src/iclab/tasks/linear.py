@@ -11,14 +11,68 @@ cubic, square), optionally times a random sign ±1 drawn per prompt.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from iclab.config import TaskConfig
+from iclab.learners import Learner, Ridge
 from iclab.prompts import Prompts
+from iclab.registry import TASKS
 from iclab.seeding import make_generator
 from iclab.tasks.base import Sampler
+
+
+class LinearTaskConfig(TaskConfig):
+    """Linear regression and its variants (``task.name=linear``)."""
+
+    name: Literal["linear"] = Field("linear", description="task family")
+    x_cov_diag: tuple[float, ...] | None = Field(
+        None, description="eigenvalues of the x covariance Λ (length d, each > 0)"
+    )
+    condition_number: float | None = Field(None, ge=1.0, description="κ: eigenvalues geometric from 1 down to 1/κ")
+    rotation: Literal["none", "fixed", "per_prompt"] = Field(
+        "none", description="eigenbasis of Λ: axes, one Haar rotation drawn from the seed, or one per prompt"
+    )
+    w_cov: Literal["identity", "diag", "inverse_x"] = Field(
+        "identity", description="covariance of w: I, diag(task.w_cov_diag), or Λ⁻¹"
+    )
+    w_cov_diag: tuple[float, ...] | None = Field(None, description="diagonal of the w covariance (task.w_cov=diag)")
+    x_mean_std: float = Field(0.0, ge=0.0, description="τ: per-prompt mean μ ~ N(0, τ² I) of x")
+    n_means: int = Field(0, ge=0, description="K ≥ 1: μ drawn uniformly from K means fixed by the seed")
+    descriptor: Literal["none", "mean", "onehot"] = Field(
+        "none", description="side information for the model: μ (length d) or the one-hot index of μ (length K)"
+    )
+    response: Literal["identity", "relu", "tanh", "cubic", "square"] = Field(
+        "identity", description="y = f(wᵀx) + ε with this f"
+    )
+    random_sign: bool = Field(False, description="y = ±f(wᵀx), one random sign per prompt")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LinearTaskConfig:
+        for key in ("x_cov_diag", "w_cov_diag"):
+            value = getattr(self, key)
+            if value is not None and not all(v > 0 for v in value):
+                raise ValueError(f"task.{key} must be > 0, got {value!r}")
+        if self.x_cov_diag is not None and self.condition_number is not None:
+            raise ValueError("task.x_cov_diag and task.condition_number are exclusive; give one, got both")
+        if self.x_cov_diag is not None and len(self.x_cov_diag) != self.d:
+            raise ValueError(f"task.x_cov_diag must have task.d={self.d} entries, got {len(self.x_cov_diag)}")
+        if self.w_cov == "diag" and (self.w_cov_diag is None or len(self.w_cov_diag) != self.d):
+            got = None if self.w_cov_diag is None else len(self.w_cov_diag)
+            raise ValueError(f"task.w_cov_diag must have task.d={self.d} entries when task.w_cov=diag, got {got}")
+        if self.w_cov != "diag" and self.w_cov_diag is not None:
+            raise ValueError(f"task.w_cov_diag needs task.w_cov=diag, got task.w_cov={self.w_cov}")
+        if self.n_means > 0 and self.x_mean_std == 0.0:
+            raise ValueError(
+                "task.x_mean_std must be > 0 when task.n_means > 0 (the fixed means are drawn "
+                "from N(0, x_mean_std^2 I)), got 0"
+            )
+        if self.descriptor == "onehot" and self.n_means == 0:
+            raise ValueError("task.descriptor=onehot needs task.n_means >= 1 (the index of the mean), got 0")
+        return self
 
 
 def random_rotation(batch: int, d: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
@@ -30,7 +84,7 @@ def random_rotation(batch: int, d: int, generator: torch.Generator, dtype: torch
     return (q * signs.unsqueeze(-2)).to(dtype)
 
 
-def spectrum(cfg: TaskConfig) -> Tensor:
+def spectrum(cfg: LinearTaskConfig) -> Tensor:
     """Eigenvalues λ (d,) of the x covariance, float64."""
     if cfg.x_cov_diag is not None:
         return torch.tensor(cfg.x_cov_diag, dtype=torch.float64)
@@ -52,8 +106,10 @@ RESPONSES: dict[str, Callable[[Tensor], Tensor]] = {
 class LinearTask(Sampler):
     """Sampler of linear-regression prompts; fixed parts (rotation, the K means) come from ``seed``."""
 
-    def __init__(self, cfg: TaskConfig, seed: int = 0) -> None:
-        self.cfg, self.seed = cfg, seed
+    cfg: LinearTaskConfig
+
+    def __init__(self, cfg: LinearTaskConfig, seed: int = 0) -> None:
+        super().__init__(cfg, seed)
         self.eigenvalues = spectrum(cfg)  # (d,)
         fixed = make_generator(seed, "task.fixed")
         self.rotation = random_rotation(1, cfg.d, fixed, torch.float64)[0] if cfg.rotation == "fixed" else None
@@ -88,6 +144,14 @@ class LinearTask(Sampler):
             return torch.diag(torch.tensor(self.cfg.w_cov_diag, dtype=torch.float64))
         return torch.linalg.inv(self.x_cov)
 
+    def x_covariance(self) -> Tensor | None:
+        """Λ, or None when the eigenbasis is drawn per prompt."""
+        return None if self.cfg.rotation == "per_prompt" else self.x_cov
+
+    def reference_learner(self) -> Learner:
+        """Ridge with α = σ² (the Bayes predictor for x ~ N(0, I), w ~ N(0, I); α = 1e-3 without noise)."""
+        return Ridge(self.cfg.noise_std**2 or 1e-3)
+
     def sample(
         self,
         batch: int,
@@ -97,11 +161,8 @@ class LinearTask(Sampler):
         d_active: int | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Prompts:
-        """Draw ``batch`` prompts with ``n`` context examples (default task.n) and task.n_queries queries.
-
-        ``d_active`` < d zeroes the trailing coordinates of x (curriculum). The draws are made on the CPU
-        in ``dtype`` in a fixed order, so the result depends only on the generator's state and ``dtype``.
-        """
+        """See :meth:`Sampler.sample`; the draws are made on the CPU in ``dtype`` in a fixed order; ``w`` (B, d)
+        and the descriptor (B, k) come with the prompts."""
         cfg = self.cfg
         n = cfg.n if n is None else n
         d, m = cfg.d, cfg.n_queries
@@ -147,3 +208,6 @@ class LinearTask(Sampler):
             signal = signal * (2 * torch.randint(2, (batch, 1), generator=generator) - 1).to(dtype)
         labels = signal + noise
         return Prompts(xs=xs, ys=labels[:, :n], xq=xq, yq=labels[:, n:], descriptor=descriptor, w=w)
+
+
+TASKS.register("linear", LinearTaskConfig, LinearTask, "linear regression y = f(wᵀx) + ε, Gaussian x and w")

@@ -18,20 +18,6 @@ def check_n(n: float, name: str = "n") -> float:
     return 1.0 / float(n)
 
 
-def check_nonnegative(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_dim(d: int, name: str = "d") -> int:
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {d!r}")
-    return int(d)
-
-
 def as_matrix(value: object, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """A finite float64 2-D array (torch tensors and nested lists accepted)."""
     try:

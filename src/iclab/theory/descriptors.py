@@ -28,8 +28,9 @@ import numpy as np
 from scipy.special import roots_genlaguerre
 
 from iclab.config import TaskConfig
-from iclab.theory.checks import as_matrix, as_spd, check_dim, check_n, check_nonnegative
+from iclab.theory.checks import as_matrix, as_spd, check_n
 from iclab.theory.quadratic import QuadraticLoss
+from iclab.validate import check_number
 
 DESCRIPTORS = ("none", "mean", "onehot")
 RADIAL_NODES = 4  # exact for the degree-3 polynomial in t = r²/(2τ²) that the rotation average leaves
@@ -114,11 +115,11 @@ def descriptor_problem(
     I). n may be math.inf (h_f is then its conditional mean).
     """
     inv_n = check_n(n)
-    d = check_dim(d)
+    d = check_number("d", d, ge=1, integer=True)
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"descriptor must be one of {', '.join(DESCRIPTORS)}; got {descriptor!r}")
-    tau = check_nonnegative(tau, "tau")
-    noise_var = check_nonnegative(noise_std, "noise_std") ** 2
+    tau = check_number("tau", tau, ge=0.0)
+    noise_var = check_number("noise_std", noise_std, ge=0.0) ** 2
     lam = np.eye(d) if x_cov is None else as_spd(x_cov, "x_cov", d)
     sigma_w = np.eye(d) if w_cov is None else as_spd(w_cov, "w_cov", d)
     if means is None:
@@ -168,7 +169,7 @@ def standardising_predictor(
     ``mean``: B_xx = Λ⁻¹, B_sx = −Λ⁻¹ (h_s = ȳ μ). ``onehot`` with means (K, d): ȳ μ = Mᵀ h_s, so
     B_sx = −M Λ⁻¹ with M = ``means``. Every other block is zero.
     """
-    d = check_dim(d)
+    d = check_number("d", d, ge=1, integer=True)
     lam_inv = np.linalg.inv(np.eye(d) if x_cov is None else as_spd(x_cov, "x_cov", d))
     if descriptor == "mean":
         key = np.eye(d)

@@ -19,6 +19,7 @@ from iclab.models.lsa import LSA, LSAShape
 from iclab.tasks import make_task
 from iclab.theory.lsa_weights import effective_bilinear
 from iclab.theory.quadratic import QuadraticLoss
+from iclab.validate import check_number
 
 FLOW_INITS = ("balanced", "gaussian", "wrong_sign", "zero")
 
@@ -95,8 +96,7 @@ def gradient_flow(
     the trajectory is stored at t = 0 and ``points`` log-spaced times in [t_max·1e-6, t_max]."""
     if method not in ("LSODA", "BDF", "Radau"):
         raise ValueError(f"method must be one of LSODA, BDF, Radau; got {method!r}")
-    if not (t_max > 0 and math.isfinite(t_max)):
-        raise ValueError(f"t_max must be a finite number > 0, got {t_max!r}")
+    check_number("t_max", t_max, gt=0.0)
     f = problem.features
     a0 = np.asarray(a0, dtype=np.float64)
     if a0.shape != (f, f):

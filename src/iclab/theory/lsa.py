@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from iclab.config import TaskConfig
-from iclab.theory.checks import as_matrix, as_spd, check_n, check_nonnegative
+from iclab.theory.checks import as_matrix, as_spd, check_n
+from iclab.validate import check_number
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _inputs(
     lam = as_spd(x_cov, "x_cov")
     d = lam.shape[0]
     sigma_w = np.eye(d) if w_cov is None else as_spd(w_cov, "w_cov", d)
-    return inv_n, lam, sigma_w, check_nonnegative(noise_std, "noise_std") ** 2
+    return inv_n, lam, sigma_w, check_number("noise_std", noise_std, ge=0.0) ** 2
 
 
 def _moment(inv_n: float, lam: np.ndarray, sigma_w: np.ndarray, noise_var: float) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from iclab.models.lsa import LSA, LSAShape
-from iclab.theory.checks import as_matrix, check_dim
+from iclab.theory.checks import as_matrix
+from iclab.validate import check_number
 
 
 def effective_bilinear(model: LSA) -> np.ndarray:
@@ -46,7 +47,7 @@ def lsa_from_bilinear(b: object, d: int, param: str = "sparse") -> LSA:
     """A float64 one-layer, one-head LSA computing ŷ = h_fᵀ B f_q for B: (F, F), F = d + k (k descriptor
     entries). Balanced: v = −‖B‖_F^½ and A = B/‖B‖_F^½, so ‖A‖_F = |v|. ``param``: sparse or full (the
     full one has the same non-zero blocks)."""
-    d = check_dim(d)
+    d = check_number("d", d, ge=1, integer=True)
     matrix = as_matrix(b, "B")
     if matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < d:
         raise ValueError(f"B must be square (F, F) with F >= d = {d}, got shape {matrix.shape}")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from iclab.evaluate import query_loss
 from iclab.learners import Learner, from_model
 from iclab.prompts import Prompts
+from iclab.validate import check_number
 
 
 class PromptSampler(Protocol):
@@ -41,21 +42,16 @@ def mc_loss(
 ) -> MCEstimate:
     """E(ŷ − y_q)² (no ½) of ``learner`` (a Learner or an iclab model) on ``samples`` fresh float64 prompts
     of ``task``, drawn in chunks from a generator seeded with ``seed``; the per-prompt loss averages the
-    prompt's queries, and the standard error is over prompts."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an integer >= 2, got {samples!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    prompt's queries, and the standard error is over prompts (:func:`iclab.evaluate.query_loss`)."""
+    check_number("samples", samples, ge=2, integer=True)
+    check_number("chunk", chunk, ge=1, integer=True)
     if isinstance(learner, nn.Module):
         learner = from_model(learner)
     if not hasattr(learner, "predict"):
         raise ValueError(f"learner must be a Learner or an iclab model, got {type(learner).__name__}")
     generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for start in range(0, samples, chunk):
-        p = task.sample(min(chunk, samples - start), generator, dtype=torch.float64)
-        pred = learner.predict(p.xs, p.ys, p.xq, p.descriptor)  # (b, m)
-        losses.append(((pred.double() - p.yq) ** 2).mean(-1))  # (b,) per-prompt loss
-    per_prompt = torch.cat(losses)
-    sem = float(per_prompt.std(correction=1)) / math.sqrt(samples)
-    return MCEstimate(mean=float(per_prompt.mean()), sem=sem, samples=samples)
+    prompts = Prompts.concat(
+        [task.sample(min(chunk, samples - start), generator, dtype=torch.float64) for start in range(0, samples, chunk)]
+    )
+    mean, sem = query_loss(learner, prompts, chunk_size=chunk)
+    return MCEstimate(mean=mean, sem=sem, samples=samples)

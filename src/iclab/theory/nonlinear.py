@@ -23,8 +23,9 @@ import numpy as np
 from scipy.integrate import quad_vec
 from scipy.special import roots_genlaguerre
 
-from iclab.theory.checks import as_matrix, check_dim, check_n, check_nonnegative
+from iclab.theory.checks import as_matrix, check_n
 from iclab.theory.lsa import LSAOptimum
+from iclab.validate import check_number
 
 RESPONSES = ("identity", "relu", "tanh", "cubic")  # the names of task.response
 _NUMPY = {"identity": lambda z: z, "relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh, "cubic": lambda z: z**3}
@@ -79,8 +80,8 @@ def nonlinear_moments(
     """α, κ, c for y = f(wᵀx) + ε; ``method``: ``closed`` (identity, relu, cubic), ``quadrature`` (any
     response), ``auto`` (closed where it exists)."""
     _check_response(response)
-    inv_n, d = check_n(n), check_dim(d)
-    noise_var = check_nonnegative(noise_std, "noise_std") ** 2
+    inv_n, d = check_n(n), check_number("d", d, ge=1, integer=True)
+    noise_var = check_number("noise_std", noise_std, ge=0.0) ** 2
     if method not in ("auto", "closed", "quadrature"):
         raise ValueError(f"method must be one of auto, closed, quadrature; got {method!r}")
     if method == "closed" and response == "tanh":
@@ -96,7 +97,7 @@ def nonlinear_loss(
     gamma: object, response: str, n: float, d: int, noise_std: float = 0.0, method: str = "auto"
 ) -> float:
     """E(x_qᵀ Γ h − y_q)² for Γ = ``gamma`` (d, d) and y = ξ f(wᵀx) + ε."""
-    g = as_matrix(gamma, "gamma", (check_dim(d), d))
+    g = as_matrix(gamma, "gamma", (check_number("d", d, ge=1, integer=True), d))
     mom = nonlinear_moments(response, n, d, noise_std, method)
     return float(mom.kappa * np.sum(g * g) - 2 * mom.alpha * np.trace(g) + mom.c)
 

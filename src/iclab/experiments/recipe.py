@@ -1,0 +1,32 @@
+"""A reproduction as data: the runs it needs (its plan) and what it makes of them once trained (its analysis)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a plan: trained by ``iclab train *overrides --out OUT/runs/run_id``."""
+
+    run_id: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A published claim and how to check it.
+
+    ``plan(quick)`` lists the runs; ``analyse(out, quick, runs, device, progress)`` evaluates the finished runs
+    ``{run_id: run dir}``, writes results, figures and report.md into ``out`` and returns the headline numbers
+    with the claim checks under "checks". With ``allow_diverged`` a diverged run is left out of ``runs``
+    instead of stopping the reproduction (the analysis reports it)."""
+
+    name: str
+    paper: str
+    claim: str
+    plan: Callable[[bool], list[RunSpec]]
+    analyse: Callable[[Path, bool, dict[str, Path], str, bool], dict]
+    allow_diverged: bool = False
