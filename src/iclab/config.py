@@ -72,7 +72,7 @@ class Section(BaseModel):
                 elif typing.get_origin(inner) is tuple:
                     value = [item.strip() for item in value.split(",")]
             if isinstance(value, bool) and inner in (int, float):
-                raise ValueError(f"{name} must be {_type_name(inner)}, got {value!r}")
+                value = str(value).lower()  # not a number: refused below, under the field's dotted key
             out[name] = value
         return out
 

@@ -184,11 +184,11 @@ def divergence_advice(run: TrainingRun, batch: Prompts, loss_value: float) -> st
     tensors = [t for t in (batch.xs, batch.ys, batch.xq, batch.yq, batch.descriptor) if t is not None]
     if not all(bool(torch.isfinite(t).all()) for t in tensors):
         return "the prompts of this step hold NaN/inf: check the task's settings (or the sampler passed in)"
-    if run.state.step == 0 and not run.state.rows and run.checkpoint_step == 0:
+    if run.state.step == 0:  # the very first step: the initial weights
         what = "is not finite" if not math.isfinite(loss_value) else f"is already {loss_value:.3g}"
         return (
-            f"the loss {what} at initialisation (the forward pass overflows): lower model.init_scale, or use a "
-            "form that keeps it small (e.g. model.param=sparse model.init=balanced for an LSA)"
+            f"the loss {what} at initialisation (the forward pass overflows with the initial weights): lower "
+            "the initial scale (model.init_scale, where the model family has it)"
         )
     if run.cfg.train.grad_clip is not None:
         return f"gradients are already clipped at {run.cfg.train.grad_clip:g}: lower train.lr (or add warm-up)"
@@ -224,29 +224,10 @@ def train(
     if status == "done":
         log(f"already done: {out} holds a finished run with this config")
         return read_json(out / SUMMARY_FILE)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out)
-    write_config(out, cfg)
-
-    dtype = DTYPES[cfg.train.dtype]
-    tc = cfg.train
-    task = make_task(cfg.task, cfg.seed) if task is None else task
-    if model is None:
-        model = build_model(cfg.model, task, make_generator(cfg.seed, "init"))
-    model = model.to(device=device, dtype=dtype)
-    objective = OBJECTIVES[tc.objective] if objective is None else objective
+    run = _start(cfg, out, status == "resume", device, task, model, log)
+    objective = OBJECTIVES[cfg.train.objective] if objective is None else objective
     callbacks = default_callbacks() if callbacks is None else list(callbacks)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay
-    )
-    generator = make_generator(cfg.seed, "train")
-    state = TrainState()
-    if status == "resume":
-        state = restore_checkpoint(out, model, optimizer, generator)
-        log(f"resuming {out} from step {state.step}")
-    heldout = task.sample(cfg.eval.batch_size, make_generator(cfg.seed, "heldout"), dtype=dtype).to(device)
-    run = TrainingRun(cfg, out, task, model, optimizer, generator, state, heldout, from_model(model),
-                      checkpoint_step=state.step)  # fmt: skip
+    tc, state, dtype = cfg.train, run.state, DTYPES[cfg.train.dtype]
 
     started = time.time()
     bar = tqdm(total=tc.steps, initial=state.step, disable=not progress, desc="train", mininterval=0.5)
@@ -254,29 +235,21 @@ def train(
         run.stop_request = request
         while not run.finished:
             run.lr = learning_rate(cfg, state.step)
-            for group in optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = run.lr
             run.n, run.d_active = curriculum_sizes(cfg, state.step)
-            batch = task.sample(tc.batch_size, generator, n=run.n, d_active=run.d_active, dtype=dtype).to(device)
-            loss = objective(model, batch)
-            optimizer.zero_grad(set_to_none=True)
+            batch = run.task.sample(tc.batch_size, run.generator, n=run.n, d_active=run.d_active, dtype=dtype)
+            batch = batch.to(device)
+            loss = objective(run.model, batch)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            loss_value, grad_norm = loss.item(), _grad_norm(model)
+            loss_value, grad_norm = loss.item(), _grad_norm(run.model)
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or loss_value > tc.diverge_loss:
                 bar.close()
-                what = f"loss {loss_value:.4g}, gradient norm {grad_norm:.4g}"
-                step = state.step + 1
-                _write_summary(out, cfg, state, "diverged", started, message=f"diverged at step {step}: {what}")
-                kept = (
-                    f"the last good checkpoint is at step {run.checkpoint_step}"
-                    if run.checkpoint_step
-                    else ("no checkpoint yet")
-                )
-                advice = divergence_advice(run, batch, loss_value)
-                raise TrainingDiverged(f"training diverged at step {step} ({what}); {kept} in {out}. {advice}")
+                raise _diverged(run, batch, loss_value, grad_norm, started)
             if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+            run.optimizer.step()
             state.step += 1
             state.window.add(loss_value)
             run.loss = loss_value
@@ -292,13 +265,57 @@ def train(
                     state.step,
                 )
     bar.close()
+    return _finish(run, device, started)
 
-    if tc.steps == 0:
-        write_checkpoint(out, cfg, model, optimizer, generator, state)
-    final = task.sample_in_chunks(cfg.eval.batch_size, make_generator(cfg.seed, "final"), dtype)
-    final_loss, final_sem = query_loss(run.learner, final.to(device))
-    if state.rows:
-        plot_training(pd.DataFrame(state.rows), out / FIGURES_DIR / "loss.png", isotropic_reference(cfg.task))
-    return _write_summary(
-        out, cfg, state, "finished", started, final_eval_loss=final_loss, final_eval_sem=_finite_or_none(final_sem)
+
+def _start(
+    cfg: Config, out: Path, resume: bool, device: str, task: Sampler | None, model: InContextModel | None,
+    log: Callable[[str], None],
+) -> TrainingRun:  # fmt: skip
+    """The run dir's config written, the task, model, optimizer and generator made (restored from the
+    checkpoint when resuming), the held-out prompts drawn."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+    write_config(out, cfg)
+    tc, dtype = cfg.train, DTYPES[cfg.train.dtype]
+    task = make_task(cfg.task, cfg.seed) if task is None else task
+    if model is None:
+        model = build_model(cfg.model, task, make_generator(cfg.seed, "init"))
+    model = model.to(device=device, dtype=dtype)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay
     )
+    generator = make_generator(cfg.seed, "train")
+    state = TrainState()
+    if resume:
+        state = restore_checkpoint(out, model, optimizer, generator)
+        log(f"resuming {out} from step {state.step}")
+    heldout = task.sample(cfg.eval.batch_size, make_generator(cfg.seed, "heldout"), dtype=dtype).to(device)
+    return TrainingRun(cfg, out, task, model, optimizer, generator, state, heldout, from_model(model),
+                       checkpoint_step=state.step)  # fmt: skip
+
+
+def _diverged(
+    run: TrainingRun, batch: Prompts, loss_value: float, grad_norm: float, started: float
+) -> TrainingDiverged:
+    """Record the divergence in summary.json; the error to raise, with advice that fits the cause."""
+    what = f"loss {loss_value:.4g}, gradient norm {grad_norm:.4g}"
+    step = run.state.step + 1
+    _write_summary(run.out, run.cfg, run.state, "diverged", started, message=f"diverged at step {step}: {what}")
+    kept = f"the last good checkpoint is at step {run.checkpoint_step}" if run.checkpoint_step else "no checkpoint yet"
+    advice = divergence_advice(run, batch, loss_value)
+    return TrainingDiverged(f"training diverged at step {step} ({what}); {kept} in {run.out}. {advice}")
+
+
+def _finish(run: TrainingRun, device: str, started: float) -> dict:
+    """The final evaluation on fresh prompts, the loss figure and summary.json (status finished)."""
+    cfg = run.cfg
+    if cfg.train.steps == 0:
+        write_checkpoint(run.out, cfg, run.model, run.optimizer, run.generator, run.state)
+    final = run.task.sample_in_chunks(cfg.eval.batch_size, make_generator(cfg.seed, "final"), DTYPES[cfg.train.dtype])
+    final_loss, final_sem = query_loss(run.learner, final.to(device))
+    if run.state.rows:
+        figure = run.out / FIGURES_DIR / "loss.png"
+        plot_training(pd.DataFrame(run.state.rows), figure, isotropic_reference(cfg.task))
+    return _write_summary(run.out, cfg, run.state, "finished", started, final_eval_loss=final_loss,
+                          final_eval_sem=_finite_or_none(final_sem))  # fmt: skip
