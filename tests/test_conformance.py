@@ -57,6 +57,10 @@ def make_learner(case: str, task):
     kind, name = case.split(":", 1)
     if kind == "model":
         cfg = parse_config({}, model_overrides(name)).model
+        try:
+            cfg.check_task(task.cfg)
+        except ValueError as err:
+            pytest.skip(f"{name} cannot read this task's prompts: {err}")
         return from_model(build_model(cfg, task, torch.Generator().manual_seed(0)).double())
     try:
         return parse_learner(SPEC_ARGS.get(name, name), task, default_lr=0.5)

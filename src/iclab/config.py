@@ -91,11 +91,19 @@ class TaskConfig(Section):
     n_queries: int = Field(1, ge=1, description="query points per prompt (scored independently)")
     noise_std: float = Field(0.0, ge=0.0, description="label noise std σ (context and query labels)")
 
+    @property
+    def descriptor_dim(self) -> int:
+        """Length k of the descriptor the prompts carry (0: none)."""
+        return 0
+
 
 class ModelConfig(Section):
     """What every model family's config has; a family subclasses it (see :mod:`iclab.models`)."""
 
     name: str = Field("lsa", description="model family")
+
+    def check_task(self, task: TaskConfig) -> None:
+        """Raise ValueError (one line, naming the keys) when this model cannot read ``task``'s prompts."""
 
 
 class CurriculumConfig(Section):
@@ -173,6 +181,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        self.model.check_task(self.task)
         c, t = self.train.curriculum, self.task
         if c.enabled and (c.d_start > t.d or c.n_start > t.n):
             raise ValueError(

@@ -84,21 +84,27 @@ def stacked_tokens(xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None
     return tokens
 
 
+def interleaved_pairs(xs: Tensor, ys: Tensor) -> Tensor:
+    """The context of Garg et al.'s sequence, x_1, y_1, …, x_n, y_n: ``(B, 2n, d)``, a label token being
+    (y_i, 0, …, 0), zero-padded to d."""
+    batch, n, d = xs.shape
+    labels = torch.zeros_like(xs)
+    labels[..., 0] = ys
+    return torch.stack([xs, labels], dim=2).reshape(batch, 2 * n, d)
+
+
 def interleaved_tokens(xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
     """Garg et al.'s sequence (x_1, y_1, …, x_n, y_n, x_qj), one per query: ``(B, m, 2n + 1, d)``.
 
-    A label token is (y_i, 0, …, 0), zero-padded to d. Predictions are read at the x positions: the
-    output at position 2i is the prediction for y_{i+1} from the first i examples, and position 2n is
-    query j's. Each query has its own sequence, so no query sees another. The format carries no
-    descriptor (ValueError if one is given).
+    Predictions are read at the x positions: the output at position 2i is the prediction for y_{i+1} from
+    the first i examples, and position 2n is query j's. Each query has its own sequence, so no query sees
+    another. The format carries no descriptor (ValueError if one is given).
     """
     if descriptor is not None:
         raise ValueError("the interleaved token format carries no descriptor; use a task without one")
     batch, n, d = xs.shape
     m = xq.shape[1]
-    labels = torch.zeros_like(xs)
-    labels[..., 0] = ys
-    pairs = torch.stack([xs, labels], dim=2).reshape(batch, 1, 2 * n, d)  # x_1, y_1, x_2, y_2, …
+    pairs = interleaved_pairs(xs, ys).unsqueeze(1)  # (B, 1, 2n, d)
     return torch.cat([pairs.expand(batch, m, 2 * n, d), xq.unsqueeze(2)], dim=2)
 
 

@@ -69,5 +69,11 @@ class Registry:
 
 TASKS = Registry("task", {"linear": "iclab.tasks.linear", "gp": "iclab.tasks.gp"})
 MODELS = Registry(
-    "model", {"lsa": "iclab.models.lsa", "kernel_attention": "iclab.models.lsa", "mlp_lsa": "iclab.models.mlp_lsa"}
+    "model",
+    {
+        "lsa": "iclab.models.lsa",
+        "kernel_attention": "iclab.models.lsa",
+        "mlp_lsa": "iclab.models.mlp_lsa",
+        "gpt2": "iclab.models.gpt2",
+    },
 )

@@ -15,9 +15,9 @@ class Sampler:
     """A task family's prompt sampler, built by ``Sampler(cfg, seed)`` from its config and the run seed (fixed
     random parts such as a rotation or a set of means are drawn from the seed).
 
-    Subclasses implement :meth:`sample` and :meth:`reference_learner`; they override ``descriptor_dim`` when
-    the prompts carry a descriptor, :meth:`x_covariance` when x has one fixed covariance, ``kernel`` when the
-    labels come from a kernel.
+    Subclasses implement :meth:`sample` and :meth:`reference_learner`; they override :meth:`x_covariance`
+    when x has one fixed covariance, ``kernel`` when the labels come from a kernel. A descriptor's length is
+    declared by the config (``TaskConfig.descriptor_dim``).
     """
 
     kernel: Kernel | None = None  # the kernel of the label function, where there is one
@@ -40,8 +40,8 @@ class Sampler:
 
     @property
     def descriptor_dim(self) -> int:
-        """Length k of the descriptor vector given to the model (0: none)."""
-        return 0
+        """Length k of the descriptor vector given to the model (0: none; declared by the task's config)."""
+        return self.cfg.descriptor_dim
 
     def sample(
         self,

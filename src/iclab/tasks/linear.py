@@ -50,6 +50,11 @@ class LinearTaskConfig(TaskConfig):
     )
     random_sign: bool = Field(False, description="y = ±f(wᵀx), one random sign per prompt")
 
+    @property
+    def descriptor_dim(self) -> int:
+        """μ has d entries, the one-hot index K."""
+        return {"none": 0, "mean": self.d, "onehot": self.n_means}[self.descriptor]
+
     @model_validator(mode="after")
     def _consistent(self) -> LinearTaskConfig:
         for key in ("x_cov_diag", "w_cov_diag"):
@@ -118,11 +123,6 @@ class LinearTask(Sampler):
             if cfg.n_means > 0
             else None
         )  # (K, d)
-
-    @property
-    def descriptor_dim(self) -> int:
-        """Length k of the descriptor vector (0 without one)."""
-        return {"none": 0, "mean": self.cfg.d, "onehot": self.cfg.n_means}[self.cfg.descriptor]
 
     def _basis(self) -> Tensor:
         return self.rotation if self.rotation is not None else torch.eye(self.cfg.d, dtype=torch.float64)
