@@ -26,7 +26,13 @@ MODEL_VARIANTS = {
     "softmax-attention": ["model.name=kernel_attention", "model.activation=softmax", "model.param=sparse"],
     "exp-attention": ["model.name=kernel_attention", "model.activation=exp", "model.layers=1"],
 }
-SPEC_ARGS = {"gd": "gd:steps=3:lr=0.5", "pgd": "pgd:steps=2:lr=0.5", "fgd": "fgd:steps=3:lr=0.5"}
+SPEC_ARGS = {
+    "gd": "gd:steps=3:lr=0.5",
+    "pgd": "pgd:steps=2:lr=0.5",
+    "fgd": "fgd:steps=3:lr=0.5",
+    "net": "net:hidden=8:steps=30",
+    "boosted_trees": "boosted_trees:trees=5:depth=2",
+}  # fast sizes
 
 
 def model_overrides(name: str) -> list[str]:

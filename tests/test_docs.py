@@ -31,7 +31,7 @@ def test_config_show_prints_the_documented_defaults(task, model, capsys):
     assert main(["config", "show", f"task.name={task}", f"model.name={model}"]) == 0
     shown = flat_keys(yaml.safe_load(capsys.readouterr().out))
     documented = {}
-    for row in key_rows():
+    for row in key_rows():  # a family's own row comes after the shared one and wins
         family = {"task": task, "model": model}.get(row.key.split(".")[0])
         if not row.families or family in row.families:
             documented[row.key] = row.default

@@ -459,7 +459,8 @@ def _section_rows(cls: type[Section], prefix: str) -> list[KeyRow]:
 
 def key_rows() -> list[KeyRow]:
     """Every key, in declaration order. A family section lists its shared keys (``task.name`` allows every
-    registered family), then each family's own keys once, with the families that have them."""
+    registered family), then each family's own keys (and shared keys it gives another default) once, with the
+    families that have them."""
     rows: list[KeyRow] = []
     for name, field in Config.model_fields.items():
         if name not in FAMILY_SECTIONS:
@@ -473,11 +474,13 @@ def key_rows() -> list[KeyRow]:
         base = TaskConfig if name == "task" else ModelConfig
         for row in _section_rows(base, f"{name}."):
             rows.append(row._replace(allowed="|".join(registry.names())) if row.key == f"{name}.name" else row)
+        shared = {row.key: row for row in rows}
         own: dict[KeyRow, list[str]] = {}
         for entry in registry:
             for field_name, family_field in entry.config.model_fields.items():
-                if field_name not in base.model_fields:
-                    own.setdefault(_field_row(f"{name}.{field_name}", family_field), []).append(entry.name)
+                row = _field_row(f"{name}.{field_name}", family_field)
+                if field_name != "name" and shared.get(row.key) != row:  # its own key, or its own default
+                    own.setdefault(row, []).append(entry.name)
         rows += [row._replace(families=tuple(families)) for row, families in own.items()]
     return rows
 

@@ -67,7 +67,17 @@ class Registry:
         return name in self._builtins or name in self._entries
 
 
-TASKS = Registry("task", {"linear": "iclab.tasks.linear", "gp": "iclab.tasks.gp"})
+TASKS = Registry(
+    "task",
+    {
+        "linear": "iclab.tasks.linear",
+        "gp": "iclab.tasks.gp",
+        "sparse_linear": "iclab.tasks.sparse_linear",
+        "relu_net": "iclab.tasks.relu_net",
+        "decision_tree": "iclab.tasks.decision_tree",
+        "noisy_linear": "iclab.tasks.noisy_linear",
+    },
+)
 MODELS = Registry(
     "model",
     {

@@ -1,7 +1,9 @@
 """Everything that predicts in context: reference algorithms and trained models, one protocol."""
 
 from iclab.learners.base import Learner, LinearLearner
+from iclab.learners.fitted import FittedNet, SklearnRegressor, boosted_trees, greedy_tree
 from iclab.learners.kernel import FunctionalGD, GPPosterior, KernelRidge
+from iclab.learners.lasso import Lasso
 from iclab.learners.reference import (
     Averaging,
     GradientDescent,
@@ -16,11 +18,13 @@ from iclab.learners.trained import ModelLearner, from_model
 
 __all__ = [
     "Averaging",
+    "FittedNet",
     "FunctionalGD",
     "GPPosterior",
     "KernelRidge",
     "GradientDescent",
     "KNearest",
+    "Lasso",
     "LeastSquares",
     "Learner",
     "LinearLearner",
@@ -28,6 +32,9 @@ __all__ = [
     "NewtonSchulz",
     "PreconditionedGD",
     "Ridge",
+    "SklearnRegressor",
     "Zero",
+    "boosted_trees",
     "from_model",
+    "greedy_tree",
 ]

@@ -4,7 +4,10 @@
 the conformance tests read it). Defaults that depend on the task come from it: ``pgd`` preconditions with
 Λ⁻¹, ``ridge`` and ``kernel_ridge`` take α = σ² (the Bayes choice for w ~ N(0, I); 1e-3 for a noiseless
 task), ``fgd`` and ``kernel_ridge`` use the task's kernel (or the one named by ``kernel=linear|relu|exp``),
-``gp_posterior`` the task's kernel and noise; ``newton`` takes 10 Newton–Schulz steps. One-step ``gd`` and
+``gp_posterior`` the task's kernel and noise; ``newton`` takes 10 Newton–Schulz steps; ``lasso`` α = 0.01
+(Garg et al.'s best on sparse linear regression); ``net`` a width-100 ReLU network fitted by 1000 Adam
+steps (lr 0.005); ``tree`` a greedy CART tree (``max_depth=0``: unlimited); ``boosted_trees`` 100 trees of
+depth 6, learning rate 0.3 (XGBoost's defaults; scikit-learn, the ``iclab[baselines]`` extra). One-step ``gd`` and
 ``pgd`` without ``lr`` take ``default_lr``, which the caller derives (the CLI: the optimal isotropic step
 n/(n + d + 1 + σ²) from :mod:`iclab.theory`).
 """
@@ -20,7 +23,9 @@ import torch
 from iclab.errors import UserError
 from iclab.kernels import Kernel
 from iclab.learners.base import Learner
+from iclab.learners.fitted import FittedNet, boosted_trees, greedy_tree
 from iclab.learners.kernel import FunctionalGD, GPPosterior, KernelRidge
+from iclab.learners.lasso import Lasso
 from iclab.learners.reference import (
     Averaging,
     GradientDescent,
@@ -115,6 +120,15 @@ LEARNER_SPECS: dict[str, LearnerSpec] = {
                     lambda c: FunctionalGD(c.kernel(), c.number("steps", "1", int), c.number("lr", "1"))),
         LearnerSpec("kernel_ridge", ("kernel", "alpha"), lambda c: KernelRidge(c.kernel(), c.alpha())),
         LearnerSpec("gp_posterior", (), _gp_posterior),
+        LearnerSpec("lasso", ("alpha",), lambda c: Lasso(c.number("alpha", "0.01"))),
+        LearnerSpec("net", ("hidden", "steps", "lr"),
+                    lambda c: FittedNet(c.number("hidden", "100", int), c.number("steps", "1000", int),
+                                        c.number("lr", "0.005"))),
+        LearnerSpec("tree", ("max_depth",),
+                    lambda c: greedy_tree(c.number("max_depth", "0", int) or None)),
+        LearnerSpec("boosted_trees", ("trees", "depth", "lr"),
+                    lambda c: boosted_trees(c.number("trees", "100", int), c.number("depth", "6", int),
+                                            c.number("lr", "0.3"))),
     ]
 }  # fmt: skip
 SPEC_NAMES = tuple(LEARNER_SPECS)

@@ -68,6 +68,11 @@ class Sampler:
         """The task's Bayes-optimal (or best known) predictor, which probes and reports compare against."""
         raise NotImplementedError
 
+    def zero_error(self) -> float | None:
+        """E[y_q²], the query error of predicting 0, in closed form (None where there is none): the unit of
+        Garg et al.'s normalised errors."""
+        return None
+
     def x_covariance(self) -> Tensor | None:
         """The fixed covariance Λ (d, d) float64 of x around its mean, or None when there is none."""
         return None
@@ -76,3 +81,13 @@ class Sampler:
         """The same task (same seed, so the same fixed random parts) with config fields changed, e.g.
         ``n_queries=10``; the new config is validated."""
         return type(self)(self.cfg.with_changes(**changes), self.seed)
+
+
+def gaussian_inputs(
+    batch: int, count: int, d: int, generator: torch.Generator, dtype: torch.dtype, d_active: int | None = None
+) -> Tensor:
+    """x ~ N(0, I_d): (batch, count, d), the coordinates from ``d_active`` on set to 0 (the curriculum)."""
+    x = torch.randn(batch, count, d, generator=generator, dtype=dtype)
+    if d_active is not None and d_active < d:
+        x[..., d_active:] = 0.0
+    return x

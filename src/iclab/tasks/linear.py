@@ -152,6 +152,21 @@ class LinearTask(Sampler):
         """Ridge with α = σ² (the Bayes predictor for x ~ N(0, I), w ~ N(0, I); α = 1e-3 without noise)."""
         return Ridge(self.cfg.noise_std**2 or 1e-3)
 
+    def zero_error(self) -> float | None:
+        """tr(Λ Σ_w) + σ² for centred x and the identity response (d + σ² with the defaults); else None."""
+        cfg = self.cfg
+        if cfg.response != "identity" or cfg.x_mean_std > 0:
+            return None
+        if cfg.w_cov == "inverse_x":
+            signal = float(cfg.d)
+        elif cfg.w_cov == "identity":
+            signal = float(self.eigenvalues.sum())
+        elif self.x_covariance() is not None:
+            signal = float(torch.trace(self.x_cov @ self.w_cov))
+        else:
+            return None
+        return signal + cfg.noise_std**2
+
     def sample(
         self,
         batch: int,
