@@ -100,9 +100,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shifts(args: argparse.Namespace) -> int:
+    """``iclab eval RUN --shifts …``: Garg et al.'s distribution shifts (:mod:`iclab.shifts`)."""
+    from iclab.rundir import read_config
+    from iclab.shifts import evaluate_shifts, parse_shifts, shift_summary
+
+    check_flag("--batch-size", args.batch_size, ge=2, integer=True)
+    table = evaluate_shifts(args.run_dir, parse_shifts(args.shifts), args.batch_size, _check_device(args.device))
+    n = int(table["k"].max())
+    d = read_config(Path(args.run_dir)).task.d
+    print("error normalised by the zero predictor's, at d and at n in-context examples")
+    print(shift_summary(table, sorted({min(d, n), n})).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"table: {Path(args.run_dir) / 'shifts.csv'}; figure: {Path(args.run_dir) / 'figures' / 'shifts.png'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from iclab.run_eval import curve_table, evaluate_run
 
+    if args.shifts:
+        return cmd_shifts(args)
     check_flag("--batch-size", args.batch_size, ge=2, integer=True)
     curves = evaluate_run(args.run_dir, args.learners, batch_size=args.batch_size, device=_check_device(args.device))
     if args.json:
@@ -212,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--learners", nargs="+", metavar="SPEC", help="default: gd least_squares averaging zero")
     ev.add_argument("--batch-size", type=int, default=5000, help="evaluation prompts (default 5000)")
     ev.add_argument("--json", action="store_true", help="print the curves as JSON")
+    ev.add_argument("--shifts", nargs="+", metavar="SHIFT",
+                    help="Garg et al.'s distribution shifts instead: all, or some of skewed_covariance, noisy_labels, "
+                    "scaled_inputs, orthant, orthogonal_query, query_in_context, subspace")  # fmt: skip
     _add_device(ev)
     ev.set_defaults(func=cmd_eval)
 
