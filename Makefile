@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 benchmark: setup
-	$(BIN)/python benchmarks/error_curve.py
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

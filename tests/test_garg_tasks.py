@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from iclab.config import ConfigError, parse_config
-from iclab.evaluate import query_loss
+from iclab.evaluate import error_curve, query_loss
 from iclab.learners import Zero
+from iclab.learners.specs import parse_learner
 from iclab.tasks import make_task
 from iclab.tasks.decision_tree import tree_values
 
@@ -74,3 +75,22 @@ def test_relu_net_labels_match_the_network_in_numpy():
     expected = np.einsum("bh,bnh->bn", a, np.maximum(0.0, np.einsum("bnd,bdh->bnh", x, u)))
     np.testing.assert_allclose(torch.cat([prompts.ys, prompts.yq], 1).numpy(), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(torch.cat([prompts.xs, prompts.xq], 1).numpy(), x)
+
+
+def test_baseline_curves_match_their_closed_forms():
+    """Noiseless linear regression, x, w ~ N(0, I_d), normalised by d: least squares (d − k)/d before k = d
+    and 0 after; averaging (d + 1)/k (E‖(S − I)w‖² with S = XᵀX/k); the zero predictor 1. Monte Carlo within
+    4 standard errors."""
+    d, n = 4, 8
+    task = task_of(f"task.d={d}", f"task.n={n}", "task.n_queries=2")
+    prompts = task.sample_in_chunks(20_000, torch.Generator().manual_seed(4), F64)
+    k = torch.arange(1, n + 1, dtype=F64)
+    expected = {
+        "least_squares": (d - k).clamp(min=0) / d,
+        "averaging": (d + 1) / k,
+        "zero": torch.ones(n, dtype=F64),
+    }
+    for name, closed_form in expected.items():
+        curve = error_curve(parse_learner(name, task), prompts)
+        normalised, sem = curve.mse / task.zero_error(), curve.sem / task.zero_error()
+        assert ((normalised - closed_form).abs() <= 4 * sem + 1e-12).all(), (name, normalised, closed_form)

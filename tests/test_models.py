@@ -136,3 +136,19 @@ def test_unknown_hook_is_an_error():
     model = build_model(parse_config({}, []).model, task, torch.Generator())
     with pytest.raises(ValueError, match="unknown hook"):
         run_with_cache(model, lambda: None, names=["blocks.9.nope"])
+
+
+def test_run_with_cache_takes_one_name_or_several():
+    """names="blocks.1.attn.scores" was split into characters; one name caches exactly that hook."""
+    task = make_task(task_config("isotropic"), seed=0)
+    model = build_model(parse_config({}, ["model.layers=2"]).model, task, torch.Generator().manual_seed(0)).double()
+    p = task.sample(3, torch.Generator().manual_seed(1), dtype=F64)
+    run = lambda: model.predict(p.xs, p.ys, p.xq)  # noqa: E731
+    _, one = run_with_cache(model, run, names="blocks.1.attn.scores")
+    _, every = run_with_cache(model, run)
+    _, listed = run_with_cache(model, run, names=("blocks.1.attn.scores", "blocks.0.resid_post"))
+    assert list(one) == ["blocks.1.attn.scores"]
+    torch.testing.assert_close(one["blocks.1.attn.scores"], every["blocks.1.attn.scores"])
+    assert set(listed) == {"blocks.1.attn.scores", "blocks.0.resid_post"}
+    with pytest.raises(ValueError, match=r"unknown hook name\(s\) \['blocks.9.attn'\]"):
+        run_with_cache(model, run, names="blocks.9.attn")

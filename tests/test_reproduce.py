@@ -122,22 +122,22 @@ def test_reproduce_trains_through_a_given_executor(tmp_path):
     then loads the run dirs. A second call finds every run finished."""
     recipe = RECIPES["nonlinear_responses"]
     executor = InlineExecutor()
-    outcome = reproduce(recipe.name, tmp_path, quick=True, progress=False, executor=executor)
-    planned = recipe.plan(True)
+    outcome = reproduce(recipe.name, tmp_path, size="quick", progress=False, executor=executor)
+    planned = recipe.plan("quick")
     assert len(executor.calls) == len(planned) and all(outcome["checks"].values())
     assert [Path(args[1]) for _, args, _ in executor.calls] == [tmp_path / "runs" / spec.run_id for spec in planned]
     assert all(isinstance(args[0], list) and isinstance(args[1], str) for _, args, _ in executor.calls)
     again = InlineExecutor()
     pd.testing.assert_frame_equal(
-        reproduce(recipe.name, tmp_path, quick=True, progress=False, executor=again)["results"], outcome["results"]
+        reproduce(recipe.name, tmp_path, size="quick", progress=False, executor=again)["results"], outcome["results"]
     )
     assert len(again.calls) == len(planned)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_list_run_commands_one_train_command_per_planned_run(tmp_path, name):
-    planned = RECIPES[name].plan(True)
-    commands = list_run_commands(name, tmp_path / "out dir", quick=True)
+    planned = RECIPES[name].plan("quick")
+    commands = list_run_commands(name, tmp_path / "out dir", size="quick")
     assert len(commands) == len(planned)
     for command, spec in zip(commands, planned, strict=True):
         words = shlex.split(command)
@@ -150,11 +150,11 @@ def test_listed_commands_train_the_runs_reproduce_analyses(tmp_path):
     """Running the listed commands (as a scheduler would) leaves nothing for reproduce to train: it only
     analyses, and no file of a run dir changes."""
     out = tmp_path / "nonlinear"
-    for command in list_run_commands("nonlinear_responses", out, quick=True):
+    for command in list_run_commands("nonlinear_responses", out, size="quick"):
         words = shlex.split(command)
         assert words[0] == "iclab" and main(words[1:]) == 0
     trained = {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*")}
-    assert all(reproduce("nonlinear_responses", out, quick=True, progress=False)["checks"].values())
+    assert all(reproduce("nonlinear_responses", out, size="quick", progress=False)["checks"].values())
     assert {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*")} == trained
 
 
@@ -162,4 +162,24 @@ def test_cli_list_runs_prints_the_commands_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["reproduce", "newton", "--quick", "--list-runs", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed == list_run_commands("newton", out, quick=True) and not out.exists()
+    assert printed == list_run_commands("newton", out, size="quick") and not out.exists()
+
+
+def test_garg_quick(tmp_path, capsys):
+    """GPT-2 at the quick size: it trains, beats averaging and the zero predictor; the table, the curves with
+    their intervals and the figure are written."""
+    out = tmp_path / "garg"
+    assert main(["reproduce", "garg", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert "NO" not in capsys.readouterr().out
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["learner"]) == {"gpt2", "least_squares", "averaging", "knn:k=3"}
+    assert (results["low"] <= results["normalised"]).all() and (results["normalised"] <= results["high"]).all()
+    assert (out / "figures" / "curves.png").stat().st_size > 5000 and "90%" in (out / "report.md").read_text()
+
+
+def test_sizes_are_named(tmp_path, capsys):
+    assert main(["reproduce", "garg", "--size", "scaled", "--list-runs", "--out", str(tmp_path)]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 4 and all("task.d=5" in c and "model.size=tiny" in c for c in commands)
+    assert main(["reproduce", "mlp_lsa", "--size", "scaled"]) == 2
+    assert "--size must be one of quick, full for mlp_lsa" in capsys.readouterr().err

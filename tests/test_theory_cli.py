@@ -104,3 +104,41 @@ def test_help(capsys):
     with pytest.raises(SystemExit) as info:
         main(["theory", "--help"])
     assert info.value.code == 0 and "optimum" in capsys.readouterr().out
+
+
+def test_compare_uses_the_theory_of_the_run_response(tmp_path, capsys):
+    """task.response=relu, σ = 0.5 was compared with the linear optimum; its optimum is one GD step with
+    η* = n/(n + 2d + 3 + 4σ²) (mean normalisation) and L* = c − dα²/κ, α = 1/4, c = d/2 + σ²."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "model.layers=1", "task.response=relu", "task.noise_std=0.5", "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    got = run_json(["theory", "compare", str(out), "--json"], capsys)
+    d, n, s2 = 3, 8, 0.25
+    eta = n / (n + 2 * d + 3 + 4 * s2)
+    alpha, c = 0.25, d / 2 + s2
+    assert got["optimal_loss"] == pytest.approx(c - d * alpha * eta, rel=1e-12)
+    model, _, _ = load_model(out)
+    gamma = effective_gamma(model)
+    kappa = alpha / eta  # L(Γ) = κ‖Γ‖²_F − 2α tr Γ + c
+    assert got["model_exact_loss"] == pytest.approx(
+        kappa * (gamma**2).sum() - 2 * alpha * np.trace(gamma) + c, rel=1e-10
+    )
+    assert got["relative_distance"] == pytest.approx(np.linalg.norm(gamma - eta * np.eye(d)) / (eta * np.sqrt(d)))
+    assert got["model_exact_loss"] >= got["optimal_loss"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["task.response=square"], "no exact theory for task.response=square"),
+        (["task.response=tanh", "task.condition_number=4"], "this run sets task.condition_number"),
+    ],
+)
+def test_compare_refuses_responses_without_theory_in_one_line(extra, fragment, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "model.layers=1", *extra, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["theory", "compare", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1

@@ -116,7 +116,7 @@ def cmd_shifts(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from iclab.run_eval import curve_table, evaluate_run
+    from iclab.run_eval import curve_table, evaluate_run, heavy_tail_note
 
     if args.shifts:
         return cmd_shifts(args)
@@ -127,6 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print("mean squared error at the query vs number of in-context examples")
         print(curve_table(curves).to_string(float_format=lambda v: f"{v:.4g}"))
+        print(heavy_tail_note(curves))
         print(f"figure: {Path(args.run_dir) / 'figures' / 'error_curve.png'}")
     return 0
 
@@ -169,12 +170,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.name not in RECIPES:
         raise UsageError(f"unknown reproduction {args.name!r}; choose from {', '.join(RECIPES)}")
     check_flag("--jobs", args.jobs, ge=1, integer=True)
-    out = Path(args.out or f"runs/reproduce/{args.name}{'-quick' if args.quick else ''}")
+    if args.quick and args.size not in (None, "quick"):
+        raise UsageError(f"--quick is --size quick; got both --quick and --size {args.size}")
+    size = "quick" if args.quick else args.size or "full"
+    out = Path(args.out or f"runs/reproduce/{args.name}{'' if size == 'full' else '-' + size}")
     if args.list_runs:
-        print("\n".join(list_run_commands(args.name, out, quick=args.quick)))
+        print("\n".join(list_run_commands(args.name, out, size=size)))
         return 0
     device = _check_device(args.device)
-    outcome = reproduce(args.name, out, quick=args.quick, device=device, progress=not args.quiet, jobs=args.jobs)
+    outcome = reproduce(args.name, out, size=size, device=device, progress=not args.quiet, jobs=args.jobs)
     for claim, ok in outcome["checks"].items():
         print(f"{'yes' if ok else 'NO '}  {claim}")
     figures = f"; figures: {out / 'figures'}" if (out / "figures").is_dir() else ""
@@ -276,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("name", help="recipe name, e.g. functional_gd")
     rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")
-    rep.add_argument("--out", help="output folder (default runs/reproduce/NAME[-quick])")
+    rep.add_argument("--size", help="a size the recipe has (quick, full, and some have more; default full)")
+    rep.add_argument("--out", help="output folder (default runs/reproduce/NAME[-SIZE])")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes (default 1)")
     rep.add_argument("--list-runs", action="store_true",

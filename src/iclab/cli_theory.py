@@ -6,11 +6,15 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from iclab.errors import UsageError, UserError
 from iclab.validate import check_flag, check_number
+
+if TYPE_CHECKING:
+    from iclab.tasks.linear import LinearTaskConfig
 
 
 def _parse_n(text: str) -> float:
@@ -92,6 +96,30 @@ def cmd_optimum(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_nonlinear_covered(task: LinearTaskConfig) -> None:
+    """The non-linear theory (y = ξ f(wᵀx) + ε) covers f = relu, tanh, cubic with x, w ~ N(0, I); refuse other
+    runs with one line rather than compare them with a theory that does not describe them."""
+    from iclab.theory.nonlinear import RESPONSES
+
+    if task.response not in RESPONSES:
+        raise UsageError(
+            f"compare has no exact theory for task.response={task.response} (it covers {', '.join(RESPONSES)})"
+        )
+    extras = {
+        "task.x_cov_diag": task.x_cov_diag is not None,
+        "task.condition_number": task.condition_number is not None,
+        "task.w_cov": task.w_cov != "identity",
+        "task.x_mean_std": task.x_mean_std != 0,
+        "task.descriptor": task.descriptor != "none",
+    }
+    given = [key for key, used in extras.items() if used]
+    if given:
+        raise UsageError(
+            f"compare's theory for task.response={task.response} needs isotropic x and w ~ N(0, I); "
+            f"this run sets {', '.join(given)}"
+        )
+
+
 @_run
 def cmd_compare(args: argparse.Namespace) -> int:
     from iclab.rundir import SUMMARY_FILE, read_json
@@ -100,6 +128,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from iclab.theory.descriptors import task_problem
     from iclab.theory.lsa import lsa_loss, lsa_optimum
     from iclab.theory.lsa_weights import effective_bilinear, effective_gamma
+    from iclab.theory.nonlinear import nonlinear_loss, nonlinear_optimum
 
     model, cfg, step = load_model(Path(args.run_dir))
     if cfg.model.name != "lsa" or model.num_layers != 1 or cfg.task.name != "linear":
@@ -109,7 +138,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     summary = read_json(Path(args.run_dir) / SUMMARY_FILE)
     task = cfg.task
-    if task.x_mean_std == 0 and task.descriptor == "none":
+    if task.response != "identity":
+        _check_nonlinear_covered(task)
+        opt = nonlinear_optimum(task.response, task.n, task.d, task.noise_std)
+        weights = effective_gamma(model)
+        model_loss = nonlinear_loss(weights, task.response, task.n, task.d, task.noise_std)
+        optimal, optimum_weights = opt.loss, opt.gamma
+        distance = float(np.linalg.norm(weights - opt.gamma) / np.linalg.norm(opt.gamma))
+        name = "Γ"
+    elif task.x_mean_std == 0 and task.descriptor == "none":
         if task.rotation == "per_prompt":
             raise UsageError("task.rotation=per_prompt is not covered by the exact theory")
         sampler = make_task(task, cfg.seed)

@@ -41,17 +41,25 @@ def plot_training(metrics: pd.DataFrame, path: Path, reference: dict[str, float]
     return save_figure(fig, path)
 
 
+def error_band(ax: plt.Axes, curve: ErrorCurve, floor: float = 0.0, **style: object) -> None:
+    """Draw ``curve`` on ``ax`` with its bootstrap interval as a band of the line's colour (values clipped
+    below at ``floor``, for log axes); ``style`` goes to the line."""
+    ks = curve.ks.numpy()
+    (line,) = ax.plot(ks, curve.mse.numpy().clip(floor), label=curve.name, **style)
+    ax.fill_between(
+        ks, curve.low.numpy().clip(floor), curve.high.numpy().clip(floor), color=line.get_color(), alpha=0.15
+    )
+
+
 def plot_error_curves(curves: list[ErrorCurve], path: Path, title: str = "") -> Path:
-    """Query error vs number of in-context examples, one line (with ±2 s.e. band) per learner; the first
-    curve (the model) is drawn solid, the others dashed. Values below 1e-6 of the largest are clipped."""
+    """Query error vs number of in-context examples, one line with its bootstrap interval as a band per
+    learner; the first curve (the model) is drawn solid, the others dashed. Values below 1e-6 of the largest
+    are clipped."""
     fig, ax = plt.subplots(figsize=(6, 4))
     top = max(float(c.mse.max()) for c in curves)
     floor = top * 1e-6  # exact solvers reach ~1e-30: keep the interesting range visible
     for i, curve in enumerate(curves):
-        ks, mse, sem = curve.ks.numpy(), curve.mse.numpy().clip(floor), curve.sem.numpy()
-        style = {"lw": 2.5} if i == 0 else {"lw": 1.5, "ls": "--"}
-        ax.plot(ks, mse, label=curve.name, **style)
-        ax.fill_between(ks, (mse - 2 * sem).clip(floor), mse + 2 * sem, alpha=0.15)
+        error_band(ax, curve, floor, **({"lw": 2.5} if i == 0 else {"lw": 1.5, "ls": "--"}))
     ax.set_ylim(floor / 2, top * 2)
     ax.set_yscale("log")
     ax.set_xlabel("number of in-context examples")

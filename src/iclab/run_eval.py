@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from iclab.evaluate import ErrorCurve, error_curve
+from iclab.evaluate import HEAVY_TAIL_FACTOR, TAIL_FRACTION, ErrorCurve, error_curve
 from iclab.learners import from_model
 from iclab.learners.specs import parse_learner
 from iclab.plots import plot_error_curves
@@ -53,10 +53,35 @@ def evaluate_run(
     return curves
 
 
-def curve_table(curves: list[ErrorCurve], max_rows: int = 12) -> pd.DataFrame:
-    """The curves at up to ``max_rows`` example counts (always including 1 and n), one column each."""
+def curve_table(curves: list[ErrorCurve], max_rows: int | None = None) -> pd.DataFrame:
+    """The curves at every example count (or at up to ``max_rows`` of them, always including 1 and n), one
+    column each; a cell reads ``mse [low, high]`` (the bootstrap interval), with ``*`` where the loss has a
+    heavy tail (:func:`heavy_tail_note` says what that means)."""
     n = len(curves[0].ks)
-    picks = sorted({round(1 + i * (n - 1) / max(max_rows - 1, 1)) for i in range(min(max_rows, n))})
-    table = pd.DataFrame({c.name: [float(c.mse[k - 1]) for k in picks] for c in curves}, index=picks)
+    rows = n if max_rows is None else min(max_rows, n)
+    picks = sorted({round(1 + i * (n - 1) / max(rows - 1, 1)) for i in range(rows)})
+
+    def cell(curve: ErrorCurve, k: int) -> str:
+        mark = "*" if curve.heavy_tail[k - 1] else ""
+        return f"{float(curve.mse[k - 1]):.4g} [{float(curve.low[k - 1]):.3g}, {float(curve.high[k - 1]):.3g}]{mark}"
+
+    table = pd.DataFrame({c.name: [cell(c, k) for k in picks] for c in curves}, index=picks)
     table.index.name = "examples"
     return table
+
+
+def heavy_tail_note(curves: list[ErrorCurve]) -> str:
+    """What the table's intervals are, and which curves have heavy tails (the ``*`` cells) with the largest
+    share of their loss carried by the worst 0.1 % of prompts."""
+    first = curves[0]
+    note = f"[low, high]: {100 * first.confidence:g} % bootstrap interval over {first.prompts} prompts"
+    heavy = [
+        f"{c.name} (up to {100 * float(c.top_share[c.heavy_tail].max()):.0f} %)" for c in curves if c.heavy_tail.any()
+    ]
+    if heavy:
+        share = 100 * HEAVY_TAIL_FACTOR * TAIL_FRACTION
+        note += (
+            f"\n* heavy tail: the worst {100 * TAIL_FRACTION:g} % of prompts carry more than {share:g} % of the loss, "
+            f"so fresh prompts can give a quite different mean: {', '.join(heavy)}"
+        )
+    return note

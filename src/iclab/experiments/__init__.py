@@ -1,4 +1,4 @@
-"""Reproductions of published claims: ``iclab reproduce NAME [--quick]``.
+"""Reproductions of published claims: ``iclab reproduce NAME [--quick | --size SIZE]``.
 
 Each recipe module defines ``RECIPE`` (:class:`Recipe`): its plan lists the runs (run id and ``iclab train``
 overrides), executing the plan trains each into an ordinary, resumable run dir ``out/runs/<run_id>`` (here,
@@ -12,12 +12,14 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from iclab.experiments import functional_gd, mlp_lsa, newton, nonlinear_responses
+from iclab.errors import UsageError
+from iclab.experiments import functional_gd, garg, mlp_lsa, newton, nonlinear_responses
 from iclab.experiments.grid import Executor, execute
 from iclab.experiments.recipe import Recipe, RunSpec
 
 RECIPES: dict[str, Recipe] = {
-    recipe.name: recipe for recipe in (functional_gd.RECIPE, mlp_lsa.RECIPE, newton.RECIPE, nonlinear_responses.RECIPE)
+    recipe.name: recipe
+    for recipe in (functional_gd.RECIPE, mlp_lsa.RECIPE, newton.RECIPE, nonlinear_responses.RECIPE, garg.RECIPE)
 }
 
 __all__ = ["RECIPES", "Executor", "Recipe", "RunSpec", "list_run_commands", "reproduce"]
@@ -26,18 +28,18 @@ __all__ = ["RECIPES", "Executor", "Recipe", "RunSpec", "list_run_commands", "rep
 def reproduce(
     name: str,
     out: Path,
-    quick: bool = False,
+    size: str = "full",
     device: str = "cpu",
     progress: bool = True,
     jobs: int = 1,
     executor: Executor | None = None,
 ) -> dict:
-    """Plan, execute and analyse the recipe ``name`` into ``out``: train its runs under ``out/runs`` (``jobs``
-    at a time, or through ``executor``; finished runs are skipped) and return the analysis."""
-    recipe = _recipe(name)
+    """Plan, execute and analyse the recipe ``name`` at ``size`` into ``out``: train its runs under ``out/runs``
+    (``jobs`` at a time, or through ``executor``; finished runs are skipped) and return the analysis."""
+    recipe = _recipe(name, size)
     out = Path(out)
     runs = execute(
-        recipe.plan(quick),
+        recipe.plan(size),
         _runs_root(out),
         device=device,
         progress=progress,
@@ -45,22 +47,24 @@ def reproduce(
         executor=executor,
         allow_diverged=recipe.allow_diverged,
     )
-    return recipe.analyse(out, quick, runs, device, progress)
+    return recipe.analyse(out, size, runs, device, progress)
 
 
-def list_run_commands(name: str, out: Path, quick: bool = False) -> list[str]:
+def list_run_commands(name: str, out: Path, size: str = "full") -> list[str]:
     """One shell command ``iclab train <overrides…> --out OUT/runs/<run_id> --quiet`` per planned run: run them
     with any scheduler, then ``iclab reproduce NAME --out OUT`` only analyses."""
     root = _runs_root(Path(out))
     return [
         shlex.join(["iclab", "train", *spec.overrides, "--out", str(root / spec.run_id), "--quiet"])
-        for spec in _recipe(name).plan(quick)
+        for spec in _recipe(name, size).plan(size)
     ]
 
 
-def _recipe(name: str) -> Recipe:
+def _recipe(name: str, size: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown reproduction {name!r}; choose from {', '.join(RECIPES)}")
+        raise UsageError(f"unknown reproduction {name!r}; choose from {', '.join(RECIPES)}")
+    if size not in RECIPES[name].sizes:
+        raise UsageError(f"--size must be one of {', '.join(RECIPES[name].sizes)} for {name}, got {size!r}")
     return RECIPES[name]
 
 

@@ -55,15 +55,16 @@ class Size:
 FULL = Size(kernels=("linear", "relu", "exp"), activations=("linear", "relu", "exp", "softmax"), layers=(1, 2, 3, 4))
 QUICK = Size(kernels=("linear", "relu"), activations=("linear", "relu"), layers=(1,), steps=300, batch_size=256,
              eval_prompts=3000)  # fmt: skip
+SIZES = {"quick": QUICK, "full": FULL}
 
 
 def task_overrides(size: Size, kernel: str) -> list[str]:
     return ["task.name=gp", f"task.kernel={kernel}", "task.x_dist=sphere", f"task.d={size.d}", f"task.n={size.n}"]
 
 
-def plan(quick: bool) -> list[RunSpec]:
+def plan(size_name: str) -> list[RunSpec]:
     """One run for every kernel × activation × depth."""
-    size = QUICK if quick else FULL
+    size = SIZES[size_name]
     return [
         RunSpec(
             f"{kernel}-data_{activation}-attn_L{layers}",
@@ -198,9 +199,9 @@ def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path)
     save_figure(fig, figures / "context.png")
 
 
-def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress: bool) -> dict:
+def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
     """Evaluate the trained grid; write results.csv, layer_match.csv, figures/ and report.md into ``out``."""
-    size = QUICK if quick else FULL
+    size = SIZES[size_name]
     results, matches, curves = evaluate(size, load_finished(runs, device))
     checks = claim_checks(results)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
@@ -211,7 +212,7 @@ def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress
         tables["Layer ℓ read-out vs ℓ steps of functional GD (best step size per layer)"] = matches
     setting = "x uniform on the sphere; noise-free GP labels; exp kernel scale 1; kernel attention, sparse form"
     atomic_write_text(
-        out / "report.md", report_text("Functional GD reproduction", quick, size, setting, tables, checks)
+        out / "report.md", report_text("Functional GD reproduction", size_name, size, setting, tables, checks)
     )
     return {"results": results, "layer_match": matches, "checks": checks}
 
@@ -222,4 +223,5 @@ RECIPE = Recipe(
     claim="attention with activation h runs functional GD in h's RKHS; the data's own kernel wins",
     plan=plan,
     analyse=analyse,
+    sizes=tuple(SIZES),
 )

@@ -121,10 +121,10 @@ def training_overrides(steps: int, batch_size: int, lr: float, grad_clip: float 
     ]
 
 
-def report_text(title: str, quick: bool, size: object, setting: str, tables: dict, checks: dict[str, bool]) -> str:
+def report_text(title: str, size_name: str, size: object, setting: str, tables: dict, checks: dict[str, bool]) -> str:
     """report.md: the title and size, every field of the ``size`` dataclass, a line on the ``setting``, each
     ``{heading: DataFrame}`` as a markdown table, and the claim checks (yes/NO)."""
-    lines = [f"# {title} ({'quick' if quick else 'full'} size)", "", "Settings:", ""]
+    lines = [f"# {title} ({size_name} size)", "", "Settings:", ""]
     lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
     lines += [f"- {setting}"]
     for heading, table in tables.items():

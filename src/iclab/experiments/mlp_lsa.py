@@ -46,6 +46,7 @@ class Size:
 
 FULL = Size(d=5, n=40, steps=3000, batch_size=512, mlp_hidden=128, feature_dim=32, eval_prompts=20000)
 QUICK = Size(d=3, n=30, steps=600, batch_size=256, mlp_hidden=48, feature_dim=12, eval_prompts=4000)
+SIZES = {"quick": QUICK, "full": FULL}
 
 
 def task_overrides(size: Size, response: str) -> list[str]:
@@ -54,9 +55,9 @@ def task_overrides(size: Size, response: str) -> list[str]:
             "task.w_cov=diag", "task.w_cov_diag=" + ",".join([f"{1 / size.d:.6g}"] * size.d)]  # fmt: skip
 
 
-def plan(quick: bool) -> list[RunSpec]:
+def plan(size_name: str) -> list[RunSpec]:
     """One run for every response × model."""
-    size = QUICK if quick else FULL
+    size = SIZES[size_name]
     extra = [f"model.mlp_hidden={size.mlp_hidden}", f"model.feature_dim={size.feature_dim}"]
     return [
         RunSpec(
@@ -95,9 +96,9 @@ def plot_relative_losses(results: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress: bool) -> dict:
+def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
     """Evaluate the trained LSA and MLP+LSA on each response; write results.csv and report.md into ``out``."""
-    size = QUICK if quick else FULL
+    size = SIZES[size_name]
     models = load_finished(runs, device)
     rows = []
     for response in RESPONSES:
@@ -124,7 +125,9 @@ def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress
     plot_relative_losses(results, out / "figures" / "relative_loss.png")
     setting = "w ~ N(0, I/d); relu labels carry a random sign per prompt; one LSA layer in both models"
     tables = {"Query MSE (relative_loss = loss / E[y_q²])": results}
-    atomic_write_text(out / "report.md", report_text("MLP + LSA reproduction", quick, size, setting, tables, checks))
+    atomic_write_text(
+        out / "report.md", report_text("MLP + LSA reproduction", size_name, size, setting, tables, checks)
+    )
     return {"results": results, "checks": checks}
 
 
@@ -134,4 +137,5 @@ RECIPE = Recipe(
     claim="an MLP feature layer before linear attention learns in context labels non-linear in x; plain LSA cannot",
     plan=plan,
     analyse=analyse,
+    sizes=tuple(SIZES),
 )

@@ -44,6 +44,7 @@ class Size:
 FULL = Size(layers=(1, 2, 3, 4))
 QUICK = Size(layers=(1, 2), d=4, n=12, steps=800, batch_size=256, lr=3e-3, warmup_steps=50, probe_prompts=100,
              max_iterations=8)  # fmt: skip
+SIZES = {"quick": QUICK, "full": FULL}
 
 
 def task_overrides(size: Size) -> list[str]:
@@ -52,9 +53,9 @@ def task_overrides(size: Size) -> list[str]:
     return [f"task.d={size.d}", f"task.n={size.n}", f"task.x_cov_diag={spectrum}", "task.rotation=per_prompt"]
 
 
-def plan(quick: bool) -> list[RunSpec]:
+def plan(size_name: str) -> list[RunSpec]:
     """One block-form LSA per depth."""
-    size = QUICK if quick else FULL
+    size = SIZES[size_name]
     return [
         RunSpec(
             f"L{layers}",
@@ -104,10 +105,10 @@ def plot_maps(maps: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress: bool) -> dict:
+def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
     """Probe each trained depth (a diverged one, missing from ``runs``, is reported and skipped); write maps.csv,
     figures/newton_map.png, probes/L*/ (each model's full probe) and report.md into ``out``."""
-    size = QUICK if quick else FULL
+    size = SIZES[size_name]
     models = load_finished(runs, device)
     task = make_task(parse_config({}, task_overrides(size)).task)
     settings = ProbeSettings(prompts=size.probe_prompts, probe_prompts=4 * size.probe_prompts,
@@ -128,12 +129,12 @@ def analyse(out: Path, quick: bool, runs: dict[str, Path], device: str, progress
     atomic_write_text(out / "maps.csv", maps.to_csv(index=False))
     if not maps.empty:
         plot_maps(maps, out / "figures" / "newton_map.png")
-    diverged = sorted({spec.run_id for spec in plan(quick)} - set(runs))
+    diverged = sorted({spec.run_id for spec in plan(size_name)} - set(runs))
     setting = (f"x ~ N(0, QΣQᵀ), Σ half 1 and half 0.01, Q per prompt; noiseless; block-form LSA; diverged and "
                f"left out: {', '.join(diverged) or 'none'}")  # fmt: skip
     tables = {"Layer → best-matching iterations (newton_k, gd_k) for each depth": maps}
     atomic_write_text(
-        out / "report.md", report_text("Newton iterations per layer", quick, size, setting, tables, checks)
+        out / "report.md", report_text("Newton iterations per layer", size_name, size, setting, tables, checks)
     )
     return {"maps": maps, "checks": checks}
 
@@ -144,5 +145,6 @@ RECIPE = Recipe(
     claim="on ill-conditioned data, layer after layer matches more Newton iterations, far more than one GD step each",
     plan=plan,
     analyse=analyse,
+    sizes=tuple(SIZES),
     allow_diverged=True,
 )

@@ -19,7 +19,8 @@ class RunSpec:
 class Recipe:
     """A published claim and how to check it.
 
-    ``plan(quick)`` lists the runs; ``analyse(out, quick, runs, device, progress)`` evaluates the finished runs
+    ``plan(size)`` lists the runs of one of its ``sizes`` (by name: "quick" is the one CI runs, "full" the
+    paper's, others in between); ``analyse(out, size, runs, device, progress)`` evaluates the finished runs
     ``{run_id: run dir}``, writes results, figures and report.md into ``out`` and returns the headline numbers
     with the claim checks under "checks". With ``allow_diverged`` a diverged run is left out of ``runs``
     instead of stopping the reproduction (the analysis reports it)."""
@@ -27,6 +28,7 @@ class Recipe:
     name: str
     paper: str
     claim: str
-    plan: Callable[[bool], list[RunSpec]]
-    analyse: Callable[[Path, bool, dict[str, Path], str, bool], dict]
+    plan: Callable[[str], list[RunSpec]]
+    analyse: Callable[[Path, str, dict[str, Path], str, bool], dict]
+    sizes: tuple[str, ...] = ("quick", "full")
     allow_diverged: bool = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from iclab.learners.algorithms import sufficient_statistics
+from iclab.learners.algorithms import moment_statistics, sufficient_statistics
 
 
 class Learner:
@@ -31,16 +31,25 @@ class Learner:
 
 
 class LinearLearner(Learner):
-    """A learner whose weights are a function of (XᵀX, Xᵀy, k); all prefixes come from cumulative sums."""
+    """A learner whose weights are a function of (XᵀX, Xᵀy, k); all prefixes come from cumulative sums.
+    A subclass whose weights ignore XᵀX sets ``needs_gram = False`` and gets ``gram=None``, which spares the
+    (B, n, d, d) tensor of the prefixes' Gram matrices."""
 
-    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
-        """gram: (..., d, d), moment: (..., d), count: (...) → w: (..., d)."""
+    needs_gram = True
+
+    def weights(self, gram: Tensor | None, moment: Tensor, count: Tensor) -> Tensor:
+        """gram: (..., d, d) (None when ``needs_gram`` is False), moment: (..., d), count: (...) → w: (..., d)."""
         raise NotImplementedError
 
+    def _statistics(self, xs: Tensor, ys: Tensor, prefixes: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+        if self.needs_gram:
+            return sufficient_statistics(xs, ys, prefixes)
+        return None, *moment_statistics(xs, ys, prefixes)
+
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
-        w = self.weights(*sufficient_statistics(xs, ys))  # (B, d)
+        w = self.weights(*self._statistics(xs, ys, prefixes=False))  # (B, d)
         return torch.einsum("bmd,bd->bm", xq, w)
 
     def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
-        w = self.weights(*sufficient_statistics(xs, ys, prefixes=True))  # (B, n, d)
+        w = self.weights(*self._statistics(xs, ys, prefixes=True))  # (B, n, d)
         return torch.einsum("bmd,bkd->bkm", xq, w)

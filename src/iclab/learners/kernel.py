@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from iclab.kernels import Kernel, as_kernel
-from iclab.learners.algorithms import last
+from iclab.learners.algorithms import last, without_non_finite
 from iclab.learners.base import Learner
 from iclab.validate import check_number
 
@@ -48,9 +48,16 @@ def _functional_gd_iterates(
 
 
 def kernel_ridge(k_cc: Tensor, k_qc: Tensor, ys: Tensor, alpha: float) -> Tensor:
-    """k_qᵀ (K + αI)⁻¹ y: (B, m)."""
+    """k_qᵀ (K + αI)⁺ y: (B, m) for k_cc: (B, n, n), k_qc: (B, m, n), ys: (B, n). The pseudo-inverse (of the
+    symmetric K + αI, eigenvalues below n·eps of the largest count as zero) never raises: with a singular K
+    and a tiny α it gives the minimum-norm interpolant instead of a linear-algebra error, and a prompt with a
+    non-finite entry gives NaN."""
     eye = torch.eye(k_cc.shape[-1], dtype=k_cc.dtype, device=k_cc.device)
-    return (k_qc @ torch.linalg.solve(k_cc + alpha * eye, ys.unsqueeze(-1))).squeeze(-1)
+
+    def solve(k_cc: Tensor, k_qc: Tensor, ys: Tensor) -> Tensor:
+        return (k_qc @ torch.linalg.pinv(k_cc + alpha * eye, hermitian=True) @ ys.unsqueeze(-1)).squeeze(-1)
+
+    return without_non_finite(solve, k_cc, k_qc, ys)
 
 
 class FunctionalGD(Learner):
@@ -67,7 +74,8 @@ class FunctionalGD(Learner):
 
 
 class KernelRidge(Learner):
-    """Kernel ridge regression k_qᵀ (K + αI)⁻¹ y."""
+    """Kernel ridge regression k_qᵀ (K + αI)⁻¹ y (a pseudo-inverse where K + αI is singular, see
+    :func:`kernel_ridge`)."""
 
     def __init__(self, kernel: Kernel | str, alpha: float) -> None:
         self.kernel, self.alpha = as_kernel(kernel), check_number("KernelRidge.alpha", alpha, gt=0.0)
@@ -85,9 +93,16 @@ def psd_projection(gram: Tensor) -> Tensor:
 
 class GPPosterior(Learner):
     """The posterior mean of a GP with ``kernel`` and noise σ given the context labels: the Bayes-optimal
-    predictor (squared loss) for iclab's GP tasks. Like the sampler, it projects the joint Gram matrix of
-    context and queries onto the PSD cone (this only matters for the ReLU kernel) and conditions on it,
-    Σ_qc (Σ_cc + σ²I)⁺ y; with σ = 0 the pseudo-inverse gives the minimum-norm interpolant."""
+    predictor (squared loss) for iclab's GP tasks. Like the sampler, it projects the joint Gram matrix of all
+    the prompt's points (context and queries) onto the PSD cone, P (this only matters for the ReLU kernel), and
+    conditions on it: Σ_qc (Σ_cc + σ²I)⁺ y; with σ = 0 the pseudo-inverse gives the minimum-norm interpolant.
+
+    ``predict_prefixes`` conditions on the first k labels under that same P (the sub-blocks P[:k, :k] and
+    P[q, :k], every prefix in one batched pseudo-inverse): the Bayes predictor at prefix k of the prompts the
+    sampler drew, whose covariance depends on all their points. For PSD kernels (linear, exp) P is the Gram
+    matrix, so prefix k equals ``predict`` on the first k points; for the ReLU kernel projecting each prefix's
+    own Gram matrix instead would condition on a covariance the labels were not drawn from (at σ = 0 its
+    error at short prefixes is hundreds of times the prior variance)."""
 
     def __init__(self, kernel: Kernel | str, noise_std: float = 0.0) -> None:
         self.kernel = as_kernel(kernel)
@@ -95,10 +110,23 @@ class GPPosterior(Learner):
         self.name = f"gp_posterior({kernel}, noise={self.noise_std:g})"
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return without_non_finite(lambda *args: self._posterior(*args, prefixes=False), xs, ys, xq).to(ys.dtype)
+
+    def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """(B, n, m): prefix k conditions on y_1..y_k with the blocks of the whole prompt's P (see the class)."""
+        return without_non_finite(lambda *args: self._posterior(*args, prefixes=True), xs, ys, xq).to(ys.dtype)
+
+    def _posterior(self, xs: Tensor, ys: Tensor, xq: Tensor, prefixes: bool) -> Tensor:
+        """float64 posterior means (B, m), or (B, n, m) after every prefix."""
         n = xs.shape[1]
         points = torch.cat([xs, xq], dim=1).double()
         joint = psd_projection(self.kernel(points, points))  # (B, n+m, n+m)
         eye = torch.eye(n, dtype=joint.dtype, device=joint.device)
-        inverse = torch.linalg.pinv(joint[:, :n, :n] + self.noise_std**2 * eye, hermitian=True)
-        mean = joint[:, n:, :n] @ inverse @ ys.double().unsqueeze(-1)
-        return mean.squeeze(-1).to(ys.dtype)
+        context, cross = joint[:, :n, :n] + self.noise_std**2 * eye, joint[:, n:, :n]  # (B, n, n), (B, m, n)
+        labels = ys.double().unsqueeze(-1)  # (B, n, 1)
+        if not prefixes:
+            return (cross @ torch.linalg.pinv(context, hermitian=True) @ labels).squeeze(-1)
+        inside = torch.tril(torch.ones(n, n, dtype=joint.dtype, device=joint.device))  # (prefix, point)
+        blocks = context.unsqueeze(1) * (inside.unsqueeze(-1) * inside.unsqueeze(-2))  # (B, n, n, n), 0 outside
+        inverse = torch.linalg.pinv(blocks, hermitian=True)  # the pseudo-inverse of each prefix's block, 0 outside
+        return (cross.unsqueeze(1) @ inverse @ labels.unsqueeze(1)).squeeze(-1)  # (B, n, m)

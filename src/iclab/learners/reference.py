@@ -10,24 +10,32 @@ from iclab.learners.base import Learner, LinearLearner
 from iclab.validate import check_number
 
 
-class LeastSquares(LinearLearner):
-    """Minimum-norm ordinary least squares."""
+class LeastSquares(Learner):
+    """Minimum-norm ordinary least squares w = X⁺y, solved from X (see :func:`algorithms.ridge_predictions`):
+    equal to ``np.linalg.lstsq`` (same rank cutoff) at every prefix."""
 
     name = "least_squares"
 
-    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
-        return algorithms.least_squares(gram, moment)
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return algorithms.ridge_predictions(xs, ys, xq)
+
+    def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return algorithms.ridge_predictions(xs, ys, xq, prefixes=True)
 
 
-class Ridge(LinearLearner):
-    """w = (XᵀX + αI)⁻¹Xᵀy."""
+class Ridge(Learner):
+    """w = (XᵀX + αI)⁻¹Xᵀy (α is not scaled by k), solved from X: exact for every α > 0, tending to
+    :class:`LeastSquares` as α → 0 (see :func:`algorithms.ridge_predictions`)."""
 
     def __init__(self, alpha: float) -> None:
         self.alpha = check_number("Ridge.alpha", alpha, gt=0.0)
         self.name = f"ridge(alpha={self.alpha:g})"
 
-    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
-        return algorithms.ridge(gram, moment, self.alpha)
+    def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return algorithms.ridge_predictions(xs, ys, xq, self.alpha)
+
+    def predict_prefixes(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        return algorithms.ridge_predictions(xs, ys, xq, self.alpha, prefixes=True)
 
 
 class GradientDescent(LinearLearner):
@@ -82,8 +90,9 @@ class Averaging(LinearLearner):
     """ŵ = (1/n) Σ y_i x_i."""
 
     name = "averaging"
+    needs_gram = False
 
-    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+    def weights(self, gram: Tensor | None, moment: Tensor, count: Tensor) -> Tensor:
         return algorithms.averaging(moment, count)
 
 
@@ -91,13 +100,14 @@ class Zero(LinearLearner):
     """Always predicts 0."""
 
     name = "zero"
+    needs_gram = False
 
-    def weights(self, gram: Tensor, moment: Tensor, count: Tensor) -> Tensor:
+    def weights(self, gram: Tensor | None, moment: Tensor, count: Tensor) -> Tensor:
         return torch.zeros_like(moment)
 
 
 class KNearest(Learner):
-    """Mean label of the k nearest context points."""
+    """Mean label of the k nearest context points (Euclidean; at equal distance the earliest point wins)."""
 
     def __init__(self, k: int) -> None:
         self.k = check_number("KNearest.k", k, ge=1, integer=True)

@@ -6,7 +6,7 @@ A ``HookPoint`` is an identity module; its name is its path in the model (``bloc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import Tensor, nn
@@ -30,17 +30,18 @@ def hook_names(model: nn.Module) -> list[str]:
 
 
 def run_with_cache(
-    model: nn.Module, fn: Callable[[], Any], names: list[str] | None = None, detach: bool = True
+    model: nn.Module, fn: Callable[[], Any], names: str | Iterable[str] | None = None, detach: bool = True
 ) -> tuple[Any, dict[str, Tensor]]:
     """Call ``fn()`` (which runs ``model``) and return (its result, {hook name: tensor}).
 
-    ``names`` restricts the cache to those hooks (default: all). Tensors are detached unless ``detach`` is
-    False (then gradients flow through them, e.g. to the inputs).
+    ``names`` restricts the cache to those hooks: one name (``"blocks.1.attn.scores"``) or several (default:
+    all). Tensors are detached unless ``detach`` is False (then gradients flow through them, e.g. to the
+    inputs). Raises ValueError naming any unknown hook and listing the model's hooks.
     """
     cache: dict[str, Tensor] = {}
     handles = []
     known = hook_names(model)
-    wanted = known if names is None else names
+    wanted = known if names is None else [names] if isinstance(names, str) else list(names)
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise ValueError(f"unknown hook name(s) {unknown}; the model has {known}")

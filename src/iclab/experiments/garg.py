@@ -1,0 +1,211 @@
+"""Garg et al. (2022): GPT-2 trained on prompts of a function class learns it in context, as well as the class's
+best-known algorithm: least squares on linear functions, the Lasso on sparse ones, a fitted network on
+two-layer ReLU networks, and better than greedy or boosted trees on decision trees.
+
+Setting (PAPERS.md): x, w ~ N(0, I_d); contexts of 2d + 1 examples (linear, sparse linear: 3 non-zero
+coordinates) or 5d + 1 (networks of 100 ReLUs, depth-4 trees); GPT-2 read-in/read-out on interleaved
+tokens, the loss averaged over every prefix (``train.objective=all_prefixes``), Adam, batches of 64 fresh
+prompts, the curriculum over d and n at the full size. Errors are normalised so that predicting 0 scores 1
+(divided by E y²: d, or the sparsity), with 90 % bootstrap intervals over the evaluation prompts.
+
+Sizes: ``quick`` (CI: d = 1, one task, a two-layer model, 800 steps), ``scaled`` (d = 5, the four classes,
+Garg's tiny model; fits this 2-core machine), ``full`` (d = 20, the standard 12-layer model, 500k steps:
+a GPU, about 2 days at Garg et al.'s speed on one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from iclab.config import parse_config
+from iclab.evaluate import loss_statistics, per_prompt_loss
+from iclab.experiments.grid import load_finished, report_text
+from iclab.experiments.recipe import Recipe, RunSpec
+from iclab.learners import from_model
+from iclab.learners.specs import parse_learner
+from iclab.plots import save_figure
+from iclab.rundir import atomic_write_text
+from iclab.seeding import make_generator
+from iclab.tasks import make_task
+
+CONTEXT = {"linear": 2, "sparse_linear": 2, "relu_net": 5, "decision_tree": 5}  # n = factor·d + 1
+BASELINES = {
+    "linear": ("least_squares", "averaging", "knn:k=3"),
+    "sparse_linear": ("lasso:alpha=0.01", "least_squares", "averaging"),
+    "relu_net": ("net", "least_squares", "knn:k=3"),
+    "decision_tree": ("tree", "boosted_trees", "knn:k=3"),
+}
+FITTED = ("net", "tree", "boosted_trees")  # slow baselines (a fit per prompt and prefix): fewer prompts
+CONFIDENCE = 0.9  # Garg et al.'s intervals
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size of the experiment."""
+
+    tasks: tuple[str, ...]
+    d: int
+    model: tuple[str, ...]
+    steps: int
+    lr: float
+    batch_size: int = 64
+    warmup_steps: int = 0
+    curriculum: bool = False
+    eval_prompts: int = 1280
+    fitted_prompts: int = 128
+
+
+QUICK = Size(tasks=("linear",), d=1, model=("model.layers=2", "model.width=32"), steps=800, lr=3e-3,
+             eval_prompts=1000)  # fmt: skip
+SCALED = Size(tasks=("linear", "sparse_linear", "relu_net", "decision_tree"), d=5, model=("model.size=tiny",),
+              steps=20_000, lr=1e-3, warmup_steps=500)  # fmt: skip
+FULL = Size(tasks=("linear", "sparse_linear", "relu_net", "decision_tree"), d=20, model=("model.size=standard",),
+            steps=500_000, lr=1e-4, curriculum=True, fitted_prompts=256)  # fmt: skip
+SIZES = {"quick": QUICK, "scaled": SCALED, "full": FULL}
+
+
+def task_overrides(size: Size, task: str) -> list[str]:
+    return [f"task.name={task}", f"task.d={size.d}", f"task.n={CONTEXT[task] * size.d + 1}"]
+
+
+def curriculum_overrides(size: Size, task: str) -> list[str]:
+    """Garg et al.'s curriculum: from 5 dimensions and 11 (or 26) points, 1 dimension and 2 (or 5) points
+    more every 2000 steps."""
+    if not size.curriculum:
+        return []
+    factor = CONTEXT[task]
+    return ["train.curriculum.enabled=true", "train.curriculum.d_start=5", "train.curriculum.d_step=1",
+            f"train.curriculum.n_start={5 * factor + 1}", f"train.curriculum.n_step={factor}",
+            "train.curriculum.every=2000"]  # fmt: skip
+
+
+def plan(size_name: str) -> list[RunSpec]:
+    """One GPT-2 run per function class."""
+    size = SIZES[size_name]
+    return [
+        RunSpec(
+            f"{task}_gpt2",
+            (
+                *task_overrides(size, task),
+                "model.name=gpt2",
+                *size.model,
+                f"train.steps={size.steps}",
+                f"train.batch_size={size.batch_size}",
+                f"train.lr={size.lr}",
+                "train.lr_schedule=constant",
+                f"train.warmup_steps={size.warmup_steps}",
+                "train.objective=all_prefixes",
+                f"train.log_every={max(size.steps // 100, 1)}",
+                f"train.checkpoint_every={max(size.steps // 10, 1)}",
+                f"eval.every={max(size.steps // 10, 1)}",
+                "eval.batch_size=1000",
+                *curriculum_overrides(size, task),
+            ),
+        )
+        for task in size.tasks
+    ]
+
+
+def curves(size: Size, task_name: str, model: torch.nn.Module, device: str) -> pd.DataFrame:
+    """Normalised error with its 90 % interval at every k, for the model and the class's baselines."""
+    task = make_task(parse_config({}, task_overrides(size, task_name)).task)
+    prompts = task.sample_in_chunks(size.eval_prompts, make_generator(0, f"garg-{task_name}"), torch.float64)
+    unit = task.zero_error()
+    learners = [from_model(model, "gpt2"), *(parse_learner(spec, task) for spec in BASELINES[task_name])]
+    rows = []
+    for spec, learner in zip(("gpt2", *BASELINES[task_name]), learners, strict=True):
+        part = prompts.slice(0, size.fitted_prompts) if spec.split(":")[0] in FITTED else prompts
+        per_prompt = per_prompt_loss(learner, part.to(device), prefixes=True).cpu() / unit  # (B, n)
+        mean, _, low, high, _ = loss_statistics(per_prompt, confidence=CONFIDENCE)
+        for k in range(per_prompt.shape[1]):
+            rows.append({"task": task_name, "learner": spec, "k": k + 1, "normalised": float(mean[k]),
+                         "low": float(low[k]), "high": float(high[k]), "prompts": part.batch})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def claim_checks(size: Size, results: pd.DataFrame) -> dict[str, bool]:
+    """The paper's headline claims that this size can test."""
+    at = results.set_index(["task", "learner", "k"])["normalised"]
+    checks = {}
+    d = size.d
+    if "linear" in size.tasks:
+        n = CONTEXT["linear"] * d + 1
+        checks[f"linear: GPT-2 at n = {n} examples beats averaging and the zero predictor"] = bool(
+            at["linear", "gpt2", n] < min(at["linear", "averaging", n], 1.0)
+        )
+        if d > 1:
+            checks[f"linear: GPT-2's normalised error at 2d = {2 * d} examples below 0.1"] = bool(
+                at["linear", "gpt2", 2 * d] < 0.1
+            )
+    if "sparse_linear" in size.tasks:
+        checks[f"sparse linear: GPT-2 below least squares at d = {d} examples"] = bool(
+            at["sparse_linear", "gpt2", d] < at["sparse_linear", "least_squares", d]
+        )
+    if "decision_tree" in size.tasks:
+        k = CONTEXT["decision_tree"] * d
+        checks[f"decision trees: GPT-2 below the greedy tree at {k} examples"] = bool(
+            at["decision_tree", "gpt2", k] < at["decision_tree", "tree", k]
+        )
+    if "relu_net" in size.tasks:
+        k = CONTEXT["relu_net"] * d
+        checks[f"ReLU networks: GPT-2 below least squares at {k} examples"] = bool(
+            at["relu_net", "gpt2", k] < at["relu_net", "least_squares", k]
+        )
+    return checks
+
+
+def plot_curves(results: pd.DataFrame, path: Path) -> None:
+    """One panel per function class: normalised error (log scale) against the number of examples, 90 %
+    bands; a curve ends where its error is exactly 0."""
+    tasks = list(dict.fromkeys(results["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for learner, rows in results[results["task"] == task].groupby("learner", sort=False):
+            style = {"lw": 2.4, "color": "k"} if learner == "gpt2" else {"lw": 1.4, "ls": "--"}
+            drawn = rows[rows["normalised"] > 1e-12]  # an exact 0 (least squares from k = d) has no log
+            line = ax.plot(drawn["k"], drawn["normalised"], label=learner, **style)[0]
+            ax.fill_between(
+                drawn["k"], drawn["low"].clip(lower=1e-12), drawn["high"], color=line.get_color(), alpha=0.15
+            )
+        ax.set_yscale("log")
+        ax.set_title(f"{task} (a line ends where the error is 0)", fontsize=9)
+        ax.set_xlabel("in-context examples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("normalised squared error (zero predictor = 1)")
+    save_figure(fig, path)
+
+
+def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
+    """Evaluate each trained GPT-2 beside its class's baselines; results.csv, figures/curves.png, report.md."""
+    size = SIZES[size_name]
+    models = load_finished(runs, device=device)
+    results = pd.concat([curves(size, task, models[f"{task}_gpt2"], device) for task in size.tasks])
+    checks = claim_checks(size, results)
+    atomic_write_text(out / "results.csv", results.to_csv(index=False))
+    plot_curves(results, out / "figures" / "curves.png")
+    picks = sorted({1, size.d, 2 * size.d, int(results["k"].max())})
+    table = results[results["k"].isin(picks)].pivot_table(index=["task", "learner"], columns="k",
+                                                          values="normalised", sort=False).reset_index()  # fmt: skip
+    table.columns = [f"k={c}" if isinstance(c, int) else c for c in table.columns]
+    setting = ("GPT-2 on interleaved tokens, loss over every prefix, Adam (constant lr), 64 fresh prompts a step; "
+               f"errors normalised by E y² with {CONFIDENCE:.0%} bootstrap intervals")  # fmt: skip
+    tables = {"Normalised error at selected numbers of examples": table}
+    atomic_write_text(out / "report.md", report_text("Garg et al.: GPT-2 in context", size_name, size, setting,
+                                                     tables, checks))  # fmt: skip
+    return {"results": results, "checks": checks}
+
+
+RECIPE = Recipe(
+    name="garg",
+    paper="Garg, Tsipras, Liang, Valiant, NeurIPS 2022",
+    claim="GPT-2 trained on a function class learns it in context as well as the class's best algorithm",
+    plan=plan,
+    analyse=analyse,
+    sizes=tuple(SIZES),
+)
