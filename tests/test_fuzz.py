@@ -1,22 +1,28 @@
 """Fuzzing: invalid config values and CLI arguments exit 2 naming the field, never a traceback; random
-valid configs train 3 steps cleanly."""
+valid configs train 3 steps cleanly; hostile requests (output locations, sizes, config files, values and their
+neighbours) end in one line, within the memory the machine has."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import math
+import resource
 import tempfile
 import typing
 from pathlib import Path
+from unittest import mock
 
 import annotated_types
+import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from iclab import limits
 from iclab.cli import main
-from iclab.config import FAMILY_SECTIONS, Config, ConfigError, Section, flat_keys, parse_config
+from iclab.config import FAMILY_SECTIONS, MAX_STEPS, Config, ConfigError, Section, flat_keys, parse_config
 from iclab.rundir import read_json
+from iclab.train import train
 
 
 def _bounds(field) -> dict[str, float]:
@@ -245,3 +251,108 @@ def test_random_valid_configs_train_three_steps_or_stop_cleanly(overrides):
             assert flat_keys(summary["config"])["train.steps"] == 3
         else:
             assert summary["status"] == "diverged" and len(err.strip().splitlines()) == 1, (overrides, err)
+
+
+# --------------------------------------------------------------------------- hostile requests
+
+BASE = {"task.d": 2, "task.n": 4, "train.steps": 1, "train.batch_size": 8, "eval.batch_size": 8, "train.log_every": 1,
+        "eval.every": 1, "train.checkpoint_every": 1}  # fmt: skip
+
+
+def small(**changes: object) -> list[str]:
+    """A one-step training of tiny prompts as overrides, ``changes`` (dotted keys with "__" for ".") applied."""
+    return [
+        f"{key}={value}" for key, value in {**BASE, **{k.replace("__", "."): v for k, v in changes.items()}}.items()
+    ]
+
+
+# {key: (overrides selecting its family, largest power of ten tried)}; model.layers stops at 10³: an LSA that deep
+# fits in memory with these batches and takes minutes to build (the model families bound no depth yet).
+SIZES = {"task.d": ([], 13), "task.n": ([], 13), "task.n_queries": ([], 13), "train.batch_size": ([], 13),
+         "eval.batch_size": ([], 13), "model.layers": ([], 3), "model.heads": ([], 13),
+         "model.mlp_hidden": (["model.name=mlp_lsa"], 13), "model.feature_dim": (["model.name=mlp_lsa"], 13),
+         "model.width": (["model.name=gpt2", "model.heads=1"], 13)}  # fmt: skip
+COUNTS = ["train.steps", "train.log_every", "train.checkpoint_every", "eval.every", "train.curriculum.every"]
+DIGITS = ["３", "٣", "३", "3", "-3", "1e3", "3.0", "0x3", "3_0", "١٠٠٠٠٠٠٠٠٠٠٠"]
+
+
+def near(largest: int = 13, huge: tuple[int, ...] = ()) -> st.SearchStrategy[int]:
+    """Powers of ten up to 10**largest (and the powers ``huge``) and their neighbours."""
+    powers = st.integers(0, largest) | st.sampled_from(huge) if huge else st.integers(0, largest)
+    return st.tuples(powers, st.sampled_from([-1, 0, 1])).map(lambda kd: max(10 ** kd[0] + kd[1], 0))
+
+
+YAML = st.one_of(
+    st.binary(max_size=300),
+    st.integers(1, 3000).map(lambda depth: b"[" * depth + b"]" * depth),
+    st.integers(1, 40).map(lambda depth: b"task:\n" + b"".join(b" " * i + b"k:\n" for i in range(1, depth))),
+    st.integers(1, 8).map(
+        lambda width: b"a: &a [1]\n" + b"task:\n  x_cov_diag: [" + b", ".join([b"*a"] * width) + b"]\n"
+    ),
+)
+
+
+@st.composite
+def hostile_request(draw, run: str, scratch: str) -> list[str]:
+    """A command line asking for too much, somewhere odd, or in odd characters (``run``: a trained run dir,
+    ``scratch``: a folder holding the file ``a-file``)."""
+    kind = draw(st.sampled_from(["size", "count", "out", "config", "value", "flag"]))
+    fresh = f"{scratch}/{draw(st.integers(0, 10**9))}"
+    if kind == "size":
+        key = draw(st.sampled_from(sorted(SIZES)))
+        select, largest = SIZES[key]
+        sized = small(**{key.replace(".", "__"): draw(near(largest))})
+        return ["train", *sized, *select, "--out", fresh, "--quiet"]
+    if kind == "count":  # only validated: an accepted count of steps would train for days
+        key = draw(st.sampled_from(COUNTS))
+        value = draw(st.sampled_from([MAX_STEPS - 1, MAX_STEPS, MAX_STEPS + 1, 10**26, 0, -1]) | near())
+        return ["config", "show", f"{key}={value}"]
+    if kind == "out":
+        unusable = [f"{scratch}/a-file", f"{scratch}/a-file/run", "/proc/iclab-fuzz", f"{scratch}/{'x' * 256}"]
+        if draw(st.booleans()):  # reproduce only where it cannot start: anywhere else it trains its whole grid
+            return ["reproduce", "mlp_lsa", "--quick", "--out", draw(st.sampled_from(unusable))]
+        where = draw(st.sampled_from([*unusable, scratch, f"{scratch}/{'x' * draw(st.integers(240, 255))}"]))
+        probe = ["probe", run, "--prompts", "4", "--max-iterations", "1", "--sweeps", "1"]
+        verb = draw(st.sampled_from([["train", *small(), "--quiet"], ["train", *small(), "--force"], probe]))
+        return [*verb, "--out", where]
+    if kind == "config":
+        path = Path(fresh + ".yaml")
+        path.write_bytes(draw(YAML))
+        return ["train", "--config", str(path), *small(), "--out", fresh]
+    if kind == "value":
+        key = draw(st.sampled_from(["task.d", "train.lr", "train.beta1", "seed", "train.steps"]))
+        return ["train", *small(**{key.replace(".", "__"): draw(st.sampled_from(DIGITS))}), "--out", fresh, "--quiet"]
+    # accepted, a value only takes time (up to seconds at these powers); far beyond, it must be refused
+    flag = draw(st.sampled_from(["--batch-size", "--prompts", "--queries", "--max-iterations", "--seed"]))
+    value = draw(near(3, huge=(7, 10, 13)))
+    if flag == "--batch-size":
+        return ["eval", run, "--batch-size", str(value)]
+    return ["probe", run, "--prompts", "4", "--max-iterations", "1", "--sweeps", "1", flag, str(value), "--out", fresh]
+
+
+ONE_GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def fuzz_dirs(tmp_path_factory) -> tuple[str, str]:
+    run = tmp_path_factory.mktemp("fuzz-run") / "run"
+    train(parse_config({}, small()), run, progress=False)
+    scratch = tmp_path_factory.mktemp("fuzz-scratch")
+    (scratch / "a-file").write_text("mine")
+    return str(run), str(scratch)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_hostile_requests_end_in_one_line_within_the_memory(fuzz_dirs, data):
+    """On a machine with 1 GiB free: every request exits 0, 1 (diverged) or 2 with one line, never a traceback,
+    and nothing it runs takes this process over 4 GiB."""
+    run, scratch = fuzz_dirs
+    argv = data.draw(hostile_request(run, scratch))
+    with mock.patch.object(limits, "available_memory", lambda device="cpu": ONE_GIB):
+        code, err = run_cli(argv)
+    assert code in (0, 1, 2) and "Traceback" not in err, (argv, err)
+    if code == 2 and not err.startswith("usage:"):
+        assert err.count("\n") == 1, (argv, err)
+    assert Path(scratch, "a-file").read_text() == "mine"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < 4 * ONE_GIB

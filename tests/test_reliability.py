@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from iclab import rundir
 from iclab.cli import main
 from iclab.config import parse_config
 from iclab.rundir import CHECKPOINT_MAGIC, RunDirError, load_checkpoint
 from iclab.runs import load_model
-from iclab.train import train
+from iclab.train import default_callbacks, train
 
 # Long enough (a few seconds) to be killed mid-run; checkpoints every 100 steps.
 LONG = [
@@ -88,43 +90,142 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, uninterrupted):
     assert (out / "metrics.csv").read_bytes() == uninterrupted
 
 
-def interrupted_run(tmp_path: Path) -> Path:
-    """A short run stopped after its checkpoint at step 20 (finished, then summary removed and files kept)."""
+class Killed(BaseException):
+    """What a SIGKILL looks like to the code it stops: nothing after it runs, no handler catches it."""
+
+
+class KillAt:
+    """A callback that kills the run after ``step`` (its checkpoint, if any, written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, run) -> None:
+        if run.state.step == self.step:
+            raise Killed
+
+
+# 4 steps, checkpoints at 2 and 4: every file is written twice by the last step's commits.
+TINY = ["task.d=2", "task.n=4", "train.steps=4", "train.batch_size=8", "train.checkpoint_every=2",
+        "train.log_every=1", "eval.batch_size=20", "eval.every=2"]  # fmt: skip
+
+
+def interrupted_run(tmp_path: Path, overrides: list[str] = SHORT, kill_at: int = 25) -> Path:
+    """A run killed after a checkpoint (SHORT at step 25: its checkpoint is at step 20)."""
     out = tmp_path / "run"
-    train(parse_config({}, SHORT), out, progress=False)
-    (out / "summary.json").unlink()
+    with pytest.raises(Killed):
+        train(parse_config({}, overrides), out, progress=False, callbacks=[*default_callbacks(), KillAt(kill_at)])
     return out
 
 
+def replacing(monkeypatch, kill_before: int | None = None) -> list[str]:
+    """Record the file names ``atomic_write_bytes`` replaces (returned list), and with ``kill_before`` stop like a
+    SIGKILL just before that replacement (counted from 0)."""
+    written: list[str] = []
+    real = rundir.atomic_write_bytes
+
+    def write(path: Path, data: bytes) -> None:
+        if len(written) == kill_before:
+            raise Killed
+        real(path, data)
+        written.append(Path(path).name)
+
+    monkeypatch.setattr(rundir, "atomic_write_bytes", write)
+    return written
+
+
+def test_a_kill_between_any_two_file_replacements_of_the_last_step_is_completed(tmp_path, monkeypatch, capsys):
+    """The last training step commits checkpoint, model, sidecar and metrics, then loss figure and summary,
+    each commit between two writes of manifest.json. Killed before each of those replacements, the run is not
+    "finished" (check names what a commit left behind), and the rerun ends with every file at the final step:
+    byte-identical metrics and final loss, check passing."""
+    cfg = parse_config({}, TINY)
+    written = replacing(monkeypatch)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    metrics = (tmp_path / "whole" / "metrics.csv").read_bytes()
+    last_step = [i for i, name in enumerate(written) if name == "manifest.json"][-4]
+    assert written[last_step:] == [
+        *["manifest.json", "checkpoint.pt", "model.safetensors", "model.json", "metrics.csv", "manifest.json"],
+        *["manifest.json", "loss.png", "summary.json", "manifest.json"],
+    ]
+    for kill_before in range(last_step, len(written)):
+        out = tmp_path / f"killed-{kill_before}"
+        replacing(monkeypatch, kill_before)
+        with pytest.raises(Killed):
+            train(cfg, out, progress=False)
+        monkeypatch.undo()
+        between_commits = written[kill_before] == "manifest.json"  # then every file agrees: only unfinished
+        assert main(["check", str(out)]) == (0 if between_commits else 1), kill_before
+        summary = train(cfg, out, progress=False, log=lambda _: None)
+        assert summary["final_eval_loss"] == whole["final_eval_loss"], kill_before
+        assert (out / "metrics.csv").read_bytes() == metrics, kill_before
+        assert json.loads((out / "model.json").read_text())["step"] == 4
+        assert load_model(out)[2] == 4
+        capsys.readouterr()
+        assert main(["check", str(out)]) == 0, (kill_before, capsys.readouterr().out)
+
+
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "bit-flipped": lambda data: data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1 :],
+    "emptied": lambda data: b"",
+    "deleted": None,
+}
+RUN_FILES = ["config.yaml", "metrics.csv", "checkpoint.pt", "model.safetensors", "model.json", "manifest.json"]
+FINISHED_FILES = [*RUN_FILES, "summary.json", "figures/loss.png"]
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory) -> dict[str, Path]:
+    """A finished and an interrupted (killed after its checkpoint at step 2) TINY run."""
+    finished = tmp_path_factory.mktemp("finished") / "run"
+    train(parse_config({}, TINY), finished, progress=False)
+    return {"finished": finished, "interrupted": interrupted_run(tmp_path_factory.mktemp("interrupted"), TINY, 3)}
+
+
 @pytest.mark.parametrize(
-    ("name", "damage"),
-    [
-        ("checkpoint.pt", lambda data: data[: len(data) // 2]),
-        ("checkpoint.pt", lambda data: data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]),
-        ("model.json", lambda data: data[: len(data) // 3]),
-        ("model.safetensors", lambda data: data[:-8] + bytes(8)),
-        ("config.yaml", lambda data: data.replace(b"d: 3", b"d: [")),
-    ],
+    ("kind", "name"), [("finished", name) for name in FINISHED_FILES] + [("interrupted", name) for name in RUN_FILES]
 )
-def test_damaged_files_are_refused_by_name(tmp_path, capsys, name, damage):
-    out = interrupted_run(tmp_path)
-    path = out / name
-    path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(RunDirError, match=name.replace(".", r"\.")):
-        train(parse_config({}, SHORT), out, progress=False)
-    assert main(["train", *SHORT, "--out", str(out), "--quiet"]) == 2
-    assert name in capsys.readouterr().err
-    assert main(["check", str(out)]) == 1
-    report = capsys.readouterr().out
-    assert f"BAD {name}" in report
-    assert main(["train", *SHORT, "--out", str(out), "--quiet", "--force"]) == 0  # start over on request
+def test_every_damage_is_named_by_check_and_refused_by_train(tmp_path, capsys, templates, kind, name):
+    """Each file of a finished or an interrupted run, truncated, bit-flipped, emptied or deleted: train exits 2
+    with one line naming the file (never "already done", never a traceback) and check reports it BAD."""
+    for how, damage in DAMAGE.items():
+        out = tmp_path / how
+        shutil.copytree(templates[kind], out)
+        path = out / name
+        if damage is None:
+            path.unlink()
+        else:
+            path.write_bytes(damage(path.read_bytes()))
+        capsys.readouterr()
+        assert main(["train", *TINY, "--out", str(out), "--quiet"]) == 2, how
+        captured = capsys.readouterr()
+        assert name.rpartition("/")[2] in captured.err and captured.err.count("\n") == 1, (how, captured.err)
+        assert "already done" not in captured.out and "Traceback" not in captured.err
+        assert main(["check", str(out)]) == 1, how
+        assert f"BAD {name}" in capsys.readouterr().out, how
 
 
-def test_missing_checkpoint_is_not_a_silent_restart(tmp_path):
-    out = interrupted_run(tmp_path)
-    (out / "checkpoint.pt").unlink()
-    with pytest.raises(RunDirError, match="refusing to restart from step 0"):
-        train(parse_config({}, SHORT), out, progress=False)
+def forge(out: Path, name: str, data: bytes) -> None:
+    """Replace ``name`` with ``data`` the way iclab writes files (manifest.json updated): a crafted run dir."""
+    rundir.RunFiles(out, rundir.read_manifest(out).files).commit({name: data})
+
+
+def test_a_checkpoint_of_the_wrong_structure_is_named(tmp_path, capsys):
+    """A checkpoint whose checksums are valid but whose contents are not a training checkpoint (or not one of
+    this model): one line saying what is wrong (train exit 2, check BAD), no KeyError traceback."""
+    out = interrupted_run(tmp_path, TINY, 3)
+    payload = load_checkpoint(out / "checkpoint.pt")
+    forge(out, "checkpoint.pt", rundir.checkpoint_bytes({"hello": 1}))
+    assert main(["train", *TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is not a training checkpoint of this run (no 'step'" in err and err.count("\n") == 1
+    assert main(["check", str(out)]) == 1 and "BAD checkpoint.pt" in capsys.readouterr().out
+    payload["model"] = {name: torch.zeros(1) for name in payload["model"]}
+    forge(out, "checkpoint.pt", rundir.checkpoint_bytes(payload))
+    assert main(["train", *TINY, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt does not fit the model and optimizer of config.yaml" in err and err.count("\n") == 1
 
 
 def test_config_mismatch_names_the_keys_and_force_starts_over(tmp_path, capsys):
@@ -179,7 +280,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, 
     out = interrupted_run(tmp_path)
     marker = tmp_path / "code-ran"
     body = pickle.dumps({"step": 20, "model": _RunsCode(marker)}, protocol=2)
-    (out / "checkpoint.pt").write_bytes(CHECKPOINT_MAGIC + hashlib.sha256(body).digest() + body)  # valid checksum
+    forge(out, "checkpoint.pt", CHECKPOINT_MAGIC + hashlib.sha256(body).digest() + body)  # valid checksums
     with pytest.raises(RunDirError, match="checkpoint.pt holds objects other than tensors"):
         load_checkpoint(out / "checkpoint.pt")
     assert main(["train", *SHORT, "--out", str(out), "--quiet"]) == 2

@@ -1,21 +1,28 @@
-"""The ``iclab`` command: train, eval, check, probe, reproduce, demo, config, theory. User errors exit with
-code 2 and one line, no traceback. ``iclab --help`` imports no torch; a verb's ``--help`` lists what the
-registries hold (config keys, learners, recipes), read when that help is asked for."""
+"""The ``iclab`` command: train, eval, check, probe, reproduce, demo, config, theory. User errors, unusable
+output locations and requests beyond the machine's memory exit with code 2 and one line, Ctrl-C with code 130
+and one line: never a traceback. ``iclab --help`` imports no torch (this module imports only the standard
+library at start-up); a verb's ``--help`` lists what the registries hold (config keys, learners, recipes), read
+when that help is asked for."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from iclab.config import load_config
 from iclab.errors import UsageError, UserError
+from iclab.interrupts import interrupts_outside_imports
 from iclab.validate import check_flag
+
+if TYPE_CHECKING:
+    from iclab.probe import ProbeSettings
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell's code for a stop by SIGINT
+MESSAGE_LIMIT = 1000  # characters of an error message printed (a quoted value can be huge)
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -33,6 +40,16 @@ class _Parser(argparse.ArgumentParser):
         if self._details is not None:
             self.epilog = self._details()
         return super().format_help()
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Arguments left over are an error of this parser, so a verb's stray argument (e.g. overrides split
+        by an option) gets the verb's own usage line."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def _config_keys_help() -> str:
@@ -77,21 +94,19 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from iclab.config import load_config
     from iclab.rundir import clear_run_dir
-    from iclab.train import TrainingDiverged, TrainingInterrupted, train
+    from iclab.train import TrainingDiverged, train
 
     cfg = load_config(args.config, args.overrides)
     device = _check_device(args.device)
     if args.force:
-        clear_run_dir(Path(args.out))
+        clear_run_dir(Path(args.out), wait=args.wait)
     try:
-        summary = train(cfg, args.out, device=device, progress=not args.quiet)
+        summary = train(cfg, args.out, device=device, progress=not args.quiet, wait=args.wait)
     except TrainingDiverged as err:
         print(f"iclab: {err}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as err:
-        print(f"iclab: {err}", file=sys.stderr)
-        return INTERRUPTED
     sem = summary["final_eval_sem"]
     spread = f" (± {sem:.2g} s.e.)" if sem is not None else ""
     print(
@@ -116,11 +131,17 @@ def cmd_shifts(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from iclab.limits import check_memory, prompt_bytes
     from iclab.run_eval import curve_table, evaluate_run, heavy_tail_note
+    from iclab.rundir import FIGURES_DIR, check_writable_folder, read_config
 
     if args.shifts:
         return cmd_shifts(args)
     check_flag("--batch-size", args.batch_size, ge=2, integer=True)
+    cfg = read_config(Path(args.run_dir))
+    for folder in (Path(args.run_dir), Path(args.run_dir) / FIGURES_DIR):  # eval.json, figures/error_curve.png
+        check_writable_folder(folder, "iclab eval writes into")
+    check_memory(2 * prompt_bytes(cfg.task, args.batch_size, 8), f"eval --batch-size {args.batch_size}", "--batch-size")
     curves = evaluate_run(args.run_dir, args.learners, batch_size=args.batch_size, device=_check_device(args.device))
     if args.json:
         print(json.dumps([c.to_dict() for c in curves]))
@@ -143,8 +164,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _check_probe_memory(run_dir: Path, settings: ProbeSettings) -> None:
+    """ResourceError when probing the run in ``run_dir`` with ``settings`` needs more memory than is free."""
+    from iclab.limits import check_memory, probe_memory
+    from iclab.rundir import read_config
+
+    cfg = read_config(run_dir)
+    curriculum = cfg.train.curriculum
+    first = settings.first_prefix or (min(curriculum.n_start, cfg.task.n) if curriculum.enabled else cfg.task.n)
+    needed = probe_memory(cfg, settings.prompts, settings.probe_prompts, settings.queries,
+                          max(cfg.task.n - first + 1, 1), settings.max_iterations)  # fmt: skip
+    check_memory(needed, "this probe", "--prompts, --queries, --max-iterations or raise --first-prefix")
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from iclab.probe import ProbeSettings, probe_run
+    from iclab.rundir import check_writable_folder
 
     for flag, value, low in (("--prompts", args.prompts, 2), ("--queries", args.queries, 1),
                              ("--max-iterations", args.max_iterations, 0), ("--sweeps", args.sweeps, 1)):  # fmt: skip
@@ -153,10 +188,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise UsageError(f"--metric must be one of difference, sime; got {args.metric!r}")
     if args.first_prefix is not None:
         check_flag("--first-prefix", args.first_prefix, ge=1, integer=True)
+    check_flag("--seed", args.seed, ge=0, integer=True)
     settings = ProbeSettings(prompts=args.prompts, queries=args.queries, first_prefix=args.first_prefix,
                              max_iterations=args.max_iterations, metric=args.metric, sweeps=args.sweeps,
                              seed=args.seed)  # fmt: skip
+    _check_probe_memory(Path(args.run_dir), settings)
     out = Path(args.out) if args.out else Path(args.run_dir) / "probe"
+    check_writable_folder(out, "--out")
     result = probe_run(Path(args.run_dir), out, settings, device=_check_device(args.device), progress=not args.quiet)
     columns = ["layer", "readout_loss", "best", "difference", "sime", "sensitivity"]
     print(result.layers[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -166,6 +204,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from iclab.experiments import RECIPES, list_run_commands, reproduce
+    from iclab.rundir import check_writable_folder
 
     if args.name not in RECIPES:
         raise UsageError(f"unknown reproduction {args.name!r}; choose from {', '.join(RECIPES)}")
@@ -178,6 +217,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print("\n".join(list_run_commands(args.name, out, size=size)))
         return 0
     device = _check_device(args.device)
+    check_writable_folder(out, "--out")
     outcome = reproduce(args.name, out, size=size, device=device, progress=not args.quiet, jobs=args.jobs)
     for claim, ok in outcome["checks"].items():
         print(f"{'yes' if ok else 'NO '}  {claim}")
@@ -187,7 +227,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from iclab.config import config_to_yaml, key_table
+    from iclab.config import config_to_yaml, key_table, load_config
 
     if args.config_verb == "keys":
         print(key_table(), end="")
@@ -219,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run dir (created; resumed if it holds a checkpoint)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--force", action="store_true", help="delete the run in --out first and start over")
+    train.add_argument("--wait", action="store_true", help="if another process is writing --out, wait for it")
     _add_device(train)
     train.set_defaults(func=cmd_train)
 
@@ -320,13 +361,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed (numpy's MemoryError, torch's CPU or CUDA allocator)."""
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+    )
+
+
+def _error(message: str) -> int:
+    """Print ``iclab: error: MESSAGE`` as one line of bounded length; the exit code of a usage error."""
+    line = " ".join(message.split())
+    if len(line) > MESSAGE_LIMIT:
+        line = line[: MESSAGE_LIMIT - 15] + " … (cut short)"
+    print(f"iclab: error: {line}", file=sys.stderr)
+    return USAGE_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv``; the exit code (0 done, 1 check failed or training diverged, 2 a bad
+    request, 130 interrupted)."""
+    request: dict = {}
     try:
-        return args.func(args)
-    except UserError as err:
-        print(f"iclab: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+        with interrupts_outside_imports() as request:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+    except KeyboardInterrupt as err:  # Ctrl-C anywhere; iclab.train.TrainingInterrupted says where it stopped
+        print(f"iclab: {str(err) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as err:
+        if request:  # a Ctrl-C that a library turned into another error
+            print("iclab: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        if isinstance(err, UserError):
+            return _error(str(err))
+        if isinstance(err, OSError):  # an output location that cannot be written, a file that cannot be read
+            where = err.filename2 if err.filename2 is not None else err.filename
+            return _error(f"{where}: {err.strerror}" if where is not None and err.strerror else str(err))
+        if _out_of_memory(err):
+            return _error(f"out of memory ({str(err).splitlines()[0]}); ask for less (smaller sizes or counts)")
+        raise
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from iclab.errors import UserError
 from iclab.registry import MODELS, TASKS, Registry
 
 NONE_WORDS = ("none", "null", "~")
+MAX_STEPS = 10**9  # a count of steps that can finish (days at a millisecond a step)
+MAX_METRICS_ROWS = 100_000  # rows of metrics.csv, all held in the checkpoint
+MAX_CONFIG_BYTES = 2**20  # a config file is a few hundred bytes of YAML
+MAX_CONFIG_DEPTH = 16  # nesting of a config file (its sections are 3 deep)
 
 
 class ConfigError(UserError):
@@ -114,13 +118,13 @@ class CurriculumConfig(Section):
     d_step: int = Field(1, ge=0, description="dimensions added per stage")
     n_start: int = Field(11, ge=1, description="context length at step 0")
     n_step: int = Field(2, ge=0, description="examples added per stage")
-    every: int = Field(2000, ge=1, description="steps per stage")
+    every: int = Field(2000, ge=1, le=MAX_STEPS, description="steps per stage")
 
 
 class TrainConfig(Section):
     """Optimisation (Adam, fresh prompts every step)."""
 
-    steps: int = Field(4000, ge=0, description="optimiser steps")
+    steps: int = Field(4000, ge=0, le=MAX_STEPS, description="optimiser steps")
     batch_size: int = Field(1024, ge=1, description="prompts per step")
     objective: Literal["query", "all_prefixes"] = Field(
         "query", description="loss at the queries, or averaged over every context prefix 1..n (Garg et al.)"
@@ -133,8 +137,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm (none: no clipping)")
     dtype: Literal["float32", "float64"] = Field("float32", description="training precision")
-    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
-    log_every: int = Field(50, ge=1, description="steps between metrics rows")
+    checkpoint_every: int = Field(1000, ge=1, le=MAX_STEPS, description="steps between checkpoints")
+    log_every: int = Field(50, ge=1, le=MAX_STEPS, description="steps between metrics rows")
     diverge_loss: float = Field(1e8, gt=0.0, description="a training loss above this (or NaN/inf) stops the run")
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
 
@@ -143,7 +147,7 @@ class EvalConfig(Section):
     """Held-out evaluation."""
 
     batch_size: int = Field(10000, ge=1, description="prompts in the held-out and the final evaluation sets")
-    every: int = Field(500, ge=1, description="steps between held-out evaluations")
+    every: int = Field(500, ge=1, le=MAX_STEPS, description="steps between held-out evaluations")
 
 
 FAMILY_SECTIONS: dict[str, Registry] = {"task": TASKS, "model": MODELS}
@@ -190,6 +194,12 @@ class Config(Section):
         if self.train.warmup_steps > self.train.steps:
             raise ValueError(
                 f"train.warmup_steps must be <= train.steps={self.train.steps}, got {self.train.warmup_steps}"
+            )
+        rows = self.train.steps // self.train.log_every
+        if rows > MAX_METRICS_ROWS:
+            raise ValueError(
+                f"train.steps/train.log_every gives {rows} metrics rows, at most {MAX_METRICS_ROWS} are kept: raise "
+                f"train.log_every to >= {-(-self.train.steps // MAX_METRICS_ROWS)}"
             )
         return self
 
@@ -346,8 +356,30 @@ def _deep_copy(data: dict) -> dict:
     return {key: _deep_copy(value) if isinstance(value, dict) else value for key, value in data.items()}
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping."""
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader for configs: no aliases (a few hundred bytes of them expand to gigabytes), at most
+    MAX_CONFIG_DEPTH levels of nesting (deeper documents exhaust the recursion of YAML's composer), no key
+    given twice in one mapping."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(
+                f"YAML aliases are not allowed in a config (*{event.anchor} on line {event.start_mark.line + 1}); "
+                "write the value out"
+            )
+        if self.depth >= MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"nested deeper than {MAX_CONFIG_DEPTH} levels (line {event.start_mark.line + 1}); a config has "
+                "sections of keys"
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -360,21 +392,47 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(text: str) -> Any:
-    """Parse YAML safely (no code runs), refusing duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    """Parse YAML safely (no code runs), refusing aliases, deep nesting and duplicate keys (ConfigError)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The reason and line of a YAML error, in one line."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        return f"{err.problem} (line {err.problem_mark.line + 1})"
+    return str(err).splitlines()[0]
+
+
+def read_config_file(path: Path) -> Any:
+    """The YAML document of the config file ``path``: UTF-8 text of at most MAX_CONFIG_BYTES, parsed by
+    :func:`read_yaml`; anything else is a ConfigError naming the file and the reason."""
+    if not path.is_file():
+        reason = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "not found"
+        raise ConfigError(f"--config must name a YAML file, got {str(path)!r} ({reason})")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"--config {path} cannot be read ({err.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is YAML text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--config {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    try:
+        return read_yaml(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except ConfigError as err:
+        raise ConfigError(f"--config {path}: {err}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read the YAML file ``path`` (optional), apply ``overrides`` and validate."""
-    base = None
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config must name a YAML file, got {str(path)!r} (not found)")
-        try:
-            base = read_yaml(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    base = None if path is None else read_config_file(Path(path))
     return parse_config(base or {}, overrides)
 
 

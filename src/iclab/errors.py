@@ -7,3 +7,7 @@ class UserError(ValueError):
 
 class UsageError(UserError):
     """A bad command-line value other than a config key (a flag's value, a device, a run dir)."""
+
+
+class ResourceError(UserError):
+    """A request that needs more memory than the machine has, or more steps than can finish."""

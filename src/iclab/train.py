@@ -1,21 +1,20 @@
 """The training loop: Adam on fresh prompts every step, held-out evaluation, checkpoints, safe stops.
 
 ``train(cfg, out_dir)`` makes, resumes (from the last checkpoint) or skips (when finished) the run dir
-described in :mod:`iclab.rundir`, and returns its summary. NaN/inf or a loss above train.diverge_loss
-stops the run (TrainingDiverged, with advice that fits the cause); SIGINT/SIGTERM save a checkpoint and stop
-it (TrainingInterrupted). The task, the model, the objective and the per-step callbacks (metrics rows and
-held-out evaluation, checkpoints, anything of the caller's) are seams: ``train`` builds them from the config
-unless they are passed in.
+described in :mod:`iclab.rundir`, and returns its summary. It first measures the memory the run needs
+(:mod:`iclab.limits`) and refuses a run the machine cannot hold; it holds the run dir's lock while writing it.
+NaN/inf or a loss above train.diverge_loss stops the run (TrainingDiverged, with advice that fits the cause);
+SIGINT/SIGTERM save a checkpoint and stop it (TrainingInterrupted). The task, the model, the objective and the
+per-step callbacks (metrics rows and held-out evaluation, checkpoints, anything of the caller's) are seams:
+``train`` builds them from the config unless they are passed in.
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,13 +25,33 @@ from tqdm import tqdm
 
 from iclab.config import Config, config_to_dict
 from iclab.evaluate import query_loss
+from iclab.interrupts import stop_requests
 from iclab.learners import ModelLearner, from_model
+from iclab.limits import check_training_memory
 from iclab.models import InContextModel, build_model
 from iclab.objectives import OBJECTIVES, Objective
 from iclab.plots import plot_training
 from iclab.prompts import Prompts
-from iclab.resume import TrainState, prepare_run_dir, restore_checkpoint, write_checkpoint
-from iclab.rundir import FIGURES_DIR, SUMMARY_FILE, read_json, remove_stale_temp_files, write_config, write_json
+from iclab.resume import (
+    RunDirSetup,
+    TrainState,
+    derived_files,
+    prepare_run_dir,
+    refuse_unusable_out,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from iclab.rundir import (
+    CONFIG_FILE,
+    LOSS_FIGURE,
+    SUMMARY_FILE,
+    RunDirError,
+    RunFiles,
+    config_bytes,
+    json_bytes,
+    locked_run_dir,
+    remove_stale_temp_files,
+)
 from iclab.seeding import make_generator
 from iclab.tasks import Sampler, make_task
 from iclab.theory import isotropic_reference
@@ -44,8 +63,9 @@ class TrainingDiverged(RuntimeError):
     """The loss or a gradient became NaN/inf or the loss exceeded train.diverge_loss."""
 
 
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved at ``step``."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved at ``step``. A KeyboardInterrupt: what stops the
+    training stops its caller too (a sweep, a reproduction), and the CLI prints its message (exit 130)."""
 
     def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
@@ -72,28 +92,6 @@ def learning_rate(cfg: Config, step: int) -> float:
     return tc.lr * 0.5 * (1.0 + math.cos(math.pi * (step - tc.warmup_steps) / span))
 
 
-@contextmanager
-def stop_requests() -> Iterator[dict]:
-    """While active, SIGINT/SIGTERM only record their name in the yielded dict (key "signal"), so the loop
-    can finish its step and checkpoint; outside the main thread nothing is installed."""
-    request: dict = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def record(signum: int, _frame: object) -> None:
-        request["signal"] = signal.Signals(signum).name
-
-    for sig in previous:
-        signal.signal(sig, record)
-    try:
-        yield request
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _grad_norm(model: torch.nn.Module) -> float:
     norms = [p.grad.norm() for p in model.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
@@ -103,8 +101,8 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _write_summary(out: Path, cfg: Config, state: TrainState, status: str, started: float, **extra) -> dict:
-    summary = {
+def _summary(cfg: Config, state: TrainState, status: str, started: float, **extra) -> dict:
+    return {
         "status": status,
         "steps": state.step,
         "final_train_loss": state.rows[-1]["train_loss"] if state.rows else None,
@@ -112,8 +110,6 @@ def _write_summary(out: Path, cfg: Config, state: TrainState, status: str, start
         "config": config_to_dict(cfg),
         **extra,
     }
-    write_json(out / SUMMARY_FILE, summary)
-    return summary
 
 
 @dataclass
@@ -123,6 +119,7 @@ class TrainingRun:
 
     cfg: Config
     out: Path
+    files: RunFiles
     task: Sampler
     model: InContextModel
     optimizer: torch.optim.Optimizer
@@ -168,7 +165,7 @@ class Checkpoints:
     def on_step(self, run: TrainingRun) -> None:
         step = run.state.step
         if step % run.cfg.train.checkpoint_every == 0 or run.finished or run.stop_request:
-            write_checkpoint(run.out, run.cfg, run.model, run.optimizer, run.generator, run.state)
+            write_checkpoint(run.files, run.cfg, run.model, run.optimizer, run.generator, run.state)
             run.checkpoint_step = step
 
 
@@ -206,6 +203,7 @@ def train(
     model: InContextModel | None = None,
     objective: Objective | None = None,
     callbacks: Sequence[Callback] | None = None,
+    wait: bool = False,
 ) -> dict:
     """Train ``cfg`` into the run dir ``out`` (resuming from its checkpoint; skipping a finished run).
 
@@ -213,20 +211,35 @@ def train(
     cfg.model with the seed's "init" stream), ``objective`` (default ``OBJECTIVES[cfg.train.objective]``) and
     ``callbacks`` (default :func:`default_callbacks`; a given list replaces them, so include them to keep
     metrics and checkpoints) are the seams for recipes, sweeps and tests; whatever is passed in must agree
-    with ``cfg``, which is what the run dir records and resumes by.
+    with ``cfg``, which is what the run dir records and resumes by (and what its memory is measured by). Another
+    process writing ``out`` makes it refuse (RunDirError naming the process), or with ``wait`` wait for it.
 
     Returns the summary dict. Raises TrainingDiverged (summary status "diverged", last good checkpoint
-    kept), TrainingInterrupted (on SIGINT/SIGTERM, after a checkpoint) or RunDirError (see
-    :func:`iclab.resume.prepare_run_dir`).
+    kept), TrainingInterrupted (on SIGINT/SIGTERM, after a checkpoint), ResourceError (more memory than the
+    device has free) or RunDirError (see :func:`iclab.resume.prepare_run_dir`).
     """
     out = Path(out)
-    status = prepare_run_dir(cfg, out)
-    if status == "done":
-        log(f"already done: {out} holds a finished run with this config")
-        return read_json(out / SUMMARY_FILE)
-    run = _start(cfg, out, status == "resume", device, task, model, log)
     objective = OBJECTIVES[cfg.train.objective] if objective is None else objective
-    callbacks = default_callbacks() if callbacks is None else list(callbacks)
+    refuse_unusable_out(out)
+    try:  # a finished run is "already done" untouched (its lock included), whatever its size
+        setup = prepare_run_dir(cfg, out)
+    except RunDirError:  # decided again under the lock: another process may be writing the run dir
+        setup = None
+    if setup is None or setup.status != "done":
+        check_training_memory(cfg, device, objective)
+        with locked_run_dir(out, wait, log):
+            setup = prepare_run_dir(cfg, out)
+            if setup.status != "done":
+                run = _start(cfg, out, setup, device, task, model, log)
+                callbacks = default_callbacks() if callbacks is None else list(callbacks)
+                return _loop(run, device, progress, objective, callbacks)
+    log(f"already done: {out} holds a finished run with this config")
+    return setup.summary
+
+
+def _loop(run: TrainingRun, device: str, progress: bool, objective: Objective, callbacks: list[Callback]) -> dict:
+    """Train ``run`` to its last step, then finish it (:func:`_finish`)."""
+    cfg = run.cfg
     tc, state, dtype = cfg.train, run.state, DTYPES[cfg.train.dtype]
 
     started = time.time()
@@ -269,14 +282,14 @@ def train(
 
 
 def _start(
-    cfg: Config, out: Path, resume: bool, device: str, task: Sampler | None, model: InContextModel | None,
+    cfg: Config, out: Path, setup: RunDirSetup, device: str, task: Sampler | None, model: InContextModel | None,
     log: Callable[[str], None],
 ) -> TrainingRun:  # fmt: skip
-    """The run dir's config written, the task, model, optimizer and generator made (restored from the
-    checkpoint when resuming), the held-out prompts drawn."""
-    out.mkdir(parents=True, exist_ok=True)
+    """The task, model, optimizer and generator made (restored from the checkpoint when resuming), the run dir's
+    config written (and, when resuming, the model, sidecar and metrics of the checkpoint's step: a kill may have
+    left them at an earlier one), the held-out prompts drawn."""
     remove_stale_temp_files(out)
-    write_config(out, cfg)
+    files = RunFiles(out, setup.files)
     tc, dtype = cfg.train, DTYPES[cfg.train.dtype]
     task = make_task(cfg.task, cfg.seed) if task is None else task
     if model is None:
@@ -287,11 +300,14 @@ def _start(
     )
     generator = make_generator(cfg.seed, "train")
     state = TrainState()
-    if resume:
-        state = restore_checkpoint(out, model, optimizer, generator)
+    if setup.status == "resume":
+        state = restore_checkpoint(out, cfg, model, optimizer, generator)
+        files.commit({CONFIG_FILE: config_bytes(cfg), **derived_files(cfg, model, state)})
         log(f"resuming {out} from step {state.step}")
+    else:
+        files.commit({CONFIG_FILE: config_bytes(cfg)})
     heldout = task.sample(cfg.eval.batch_size, make_generator(cfg.seed, "heldout"), dtype=dtype).to(device)
-    return TrainingRun(cfg, out, task, model, optimizer, generator, state, heldout, from_model(model),
+    return TrainingRun(cfg, out, files, task, model, optimizer, generator, state, heldout, from_model(model),
                        checkpoint_step=state.step)  # fmt: skip
 
 
@@ -301,21 +317,28 @@ def _diverged(
     """Record the divergence in summary.json; the error to raise, with advice that fits the cause."""
     what = f"loss {loss_value:.4g}, gradient norm {grad_norm:.4g}"
     step = run.state.step + 1
-    _write_summary(run.out, run.cfg, run.state, "diverged", started, message=f"diverged at step {step}: {what}")
+    summary = _summary(run.cfg, run.state, "diverged", started, message=f"diverged at step {step}: {what}")
+    run.files.commit({SUMMARY_FILE: json_bytes(summary)})
     kept = f"the last good checkpoint is at step {run.checkpoint_step}" if run.checkpoint_step else "no checkpoint yet"
     advice = divergence_advice(run, batch, loss_value)
     return TrainingDiverged(f"training diverged at step {step} ({what}); {kept} in {run.out}. {advice}")
 
 
 def _finish(run: TrainingRun, device: str, started: float) -> dict:
-    """The final evaluation on fresh prompts, the loss figure and summary.json (status finished)."""
+    """The final evaluation on fresh prompts, then the loss figure and summary.json (status finished), the
+    summary written last: a run is finished once it is."""
     cfg = run.cfg
     if cfg.train.steps == 0:
-        write_checkpoint(run.out, cfg, run.model, run.optimizer, run.generator, run.state)
+        write_checkpoint(run.files, cfg, run.model, run.optimizer, run.generator, run.state)
     final = run.task.sample_in_chunks(cfg.eval.batch_size, make_generator(cfg.seed, "final"), DTYPES[cfg.train.dtype])
     final_loss, final_sem = query_loss(run.learner, final.to(device))
+    blobs = {}
     if run.state.rows:
-        figure = run.out / FIGURES_DIR / "loss.png"
-        plot_training(pd.DataFrame(run.state.rows), figure, isotropic_reference(cfg.task))
-    return _write_summary(run.out, cfg, run.state, "finished", started, final_eval_loss=final_loss,
-                          final_eval_sem=_finite_or_none(final_sem))  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            figure = Path(folder) / "loss.png"
+            plot_training(pd.DataFrame(run.state.rows), figure, isotropic_reference(cfg.task))
+            blobs[LOSS_FIGURE] = figure.read_bytes()
+    summary = _summary(cfg, run.state, "finished", started, final_eval_loss=final_loss,
+                       final_eval_sem=_finite_or_none(final_sem))  # fmt: skip
+    run.files.commit({**blobs, SUMMARY_FILE: json_bytes(summary)})
+    return summary
