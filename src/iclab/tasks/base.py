@@ -91,3 +91,12 @@ def gaussian_inputs(
     if d_active is not None and d_active < d:
         x[..., d_active:] = 0.0
     return x
+
+
+def noisy_prompts(
+    x: Tensor, f: Tensor, n: int, noise_std: float, generator: torch.Generator, w: Tensor | None = None
+) -> Prompts:
+    """Prompts from inputs x (B, n + m, d) and noise-free labels f (B, n + m): y = f + N(0, noise_std²) drawn
+    from ``generator`` (after everything else), the first n points the context and the rest the queries."""
+    y = f + noise_std * torch.randn(f.shape, generator=generator, dtype=f.dtype)
+    return Prompts(xs=x[:, :n], ys=y[:, :n], xq=x[:, n:], yq=y[:, n:], w=w)

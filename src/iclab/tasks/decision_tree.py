@@ -13,7 +13,7 @@ from iclab.config import TaskConfig
 from iclab.learners import Learner, greedy_tree
 from iclab.prompts import Prompts
 from iclab.registry import TASKS
-from iclab.tasks.base import Sampler, gaussian_inputs
+from iclab.tasks.base import Sampler, gaussian_inputs, noisy_prompts
 
 
 class DecisionTreeConfig(TaskConfig):
@@ -46,8 +46,7 @@ class DecisionTreeTask(Sampler):
         values = torch.randn(batch, 2**cfg.depth, generator=generator, dtype=dtype)
         x = gaussian_inputs(batch, n + cfg.n_queries, cfg.d, generator, dtype, d_active)
         y = tree_values(x, features, values, cfg.depth)
-        y = y + cfg.noise_std * torch.randn(y.shape, generator=generator, dtype=dtype)
-        return Prompts(xs=x[:, :n], ys=y[:, :n], xq=x[:, n:], yq=y[:, n:])
+        return noisy_prompts(x, y, n, cfg.noise_std, generator)
 
     def reference_learner(self) -> Learner:
         """A greedy CART tree fitted to the context (Garg et al.'s baseline; needs scikit-learn)."""

@@ -12,7 +12,7 @@ from iclab.config import TaskConfig
 from iclab.learners import Learner, Ridge
 from iclab.prompts import Prompts
 from iclab.registry import TASKS
-from iclab.tasks.base import Sampler, gaussian_inputs
+from iclab.tasks.base import Sampler, gaussian_inputs, noisy_prompts
 
 
 class NoisyLinearConfig(TaskConfig):
@@ -33,8 +33,7 @@ class NoisyLinearTask(Sampler):
         w = torch.randn(batch, cfg.d, generator=generator, dtype=dtype)
         x = gaussian_inputs(batch, n + cfg.n_queries, cfg.d, generator, dtype, d_active)
         y = (x @ w.unsqueeze(-1)).squeeze(-1)
-        y = y + cfg.noise_std * torch.randn(y.shape, generator=generator, dtype=dtype)
-        return Prompts(xs=x[:, :n], ys=y[:, :n], xq=x[:, n:], yq=y[:, n:], w=w)
+        return noisy_prompts(x, y, n, cfg.noise_std, generator, w=w)
 
     def reference_learner(self) -> Learner:
         """Ridge with α = σ²: the posterior mean of w ~ N(0, I), the Bayes predictor."""

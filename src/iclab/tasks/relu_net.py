@@ -12,7 +12,7 @@ from iclab.config import TaskConfig
 from iclab.learners import FittedNet, Learner
 from iclab.prompts import Prompts
 from iclab.registry import TASKS
-from iclab.tasks.base import Sampler, gaussian_inputs
+from iclab.tasks.base import Sampler, gaussian_inputs, noisy_prompts
 
 
 class ReluNetConfig(TaskConfig):
@@ -34,8 +34,7 @@ class ReluNetTask(Sampler):
         second = torch.randn(batch, cfg.hidden, generator=generator, dtype=dtype) * (2 / cfg.hidden) ** 0.5
         x = gaussian_inputs(batch, n + cfg.n_queries, cfg.d, generator, dtype, d_active)
         y = (torch.relu(x @ first) * second.unsqueeze(1)).sum(-1)
-        y = y + cfg.noise_std * torch.randn(y.shape, generator=generator, dtype=dtype)
-        return Prompts(xs=x[:, :n], ys=y[:, :n], xq=x[:, n:], yq=y[:, n:])
+        return noisy_prompts(x, y, n, cfg.noise_std, generator)
 
     def reference_learner(self) -> Learner:
         """A width-h ReLU network fitted to the context by Adam (Garg et al.'s baseline)."""

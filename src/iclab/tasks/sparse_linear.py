@@ -12,7 +12,7 @@ from iclab.config import TaskConfig
 from iclab.learners import Lasso, Learner
 from iclab.prompts import Prompts
 from iclab.registry import TASKS
-from iclab.tasks.base import Sampler, gaussian_inputs
+from iclab.tasks.base import Sampler, gaussian_inputs, noisy_prompts
 
 
 class SparseLinearConfig(TaskConfig):
@@ -44,8 +44,7 @@ class SparseLinearTask(Sampler):
         w = w * keep
         x = gaussian_inputs(batch, n + cfg.n_queries, cfg.d, generator, dtype, d_active)
         y = (x @ w.unsqueeze(-1)).squeeze(-1)
-        y = y + cfg.noise_std * torch.randn(y.shape, generator=generator, dtype=dtype)
-        return Prompts(xs=x[:, :n], ys=y[:, :n], xq=x[:, n:], yq=y[:, n:], w=w)
+        return noisy_prompts(x, y, n, cfg.noise_std, generator, w=w)
 
     def reference_learner(self) -> Learner:
         """The Lasso with α = 0.01 (Garg et al.'s best α on this task)."""
