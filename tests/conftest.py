@@ -4,11 +4,13 @@ database (the same examples every run, in every clone: a test cannot pass once a
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
 from hypothesis import settings
 
+from iclab.cli import main
 from iclab.config import parse_config
 
 settings.register_profile("iclab", derandomize=True, database=None)
@@ -43,3 +45,23 @@ def task_config(variant: str, *extra: str):
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+CLI = [sys.executable, "-m", "iclab"]  # the command line in a fresh process
+
+
+def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``iclab argv`` run in this process (argparse's exits included)."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The single line of ``err`` (asserted single, without a traceback)."""
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.strip()

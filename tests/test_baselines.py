@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
-from iclab.learners.lasso import Lasso
+from iclab.learners.lasso import Lasso, lasso
 
 F64 = torch.float64
 
@@ -30,6 +33,47 @@ def test_lasso_equals_scikit_learn_at_every_prefix(d, n, alpha):
             reference.fit(xs[b, :k].numpy(), ys[b, :k].numpy())
             torch.testing.assert_close(ours[b, k - 1], torch.from_numpy(reference.predict(xq[b].numpy())),
                                        rtol=0, atol=1e-7)  # fmt: skip
+
+
+def lasso_objective(x, y, w, alpha: float) -> float:
+    """scikit-learn's Lasso objective (1/(2k))‖y − Xw‖² + α‖w‖₁, in float64 numpy."""
+    return float(((y - x @ w) ** 2).sum() / (2 * len(y)) + alpha * abs(w).sum())
+
+
+@pytest.mark.parametrize("kind", ["duplicated", "ties", "offset"])
+def test_lasso_is_optimal_on_adversarial_inputs(kind):
+    """Two equal input coordinates (G_AA singular if both enter), inputs in {−1, 1} (tied correlations, equal
+    columns in short prefixes: w not unique) and a large common offset (an ill-conditioned XᵀX, where
+    scikit-learn's coordinate descent stops short): at every prefix w meets the Lasso's optimality conditions
+    (|X_jᵀ(y − Xw)|/k ≤ α, with equality and the sign of w_j where w_j ≠ 0) and its objective is no worse than
+    scikit-learn's; where the prediction is unique and scikit-learn converges (equal coordinates equal in the
+    query too) the predictions agree."""
+    linear_model = pytest.importorskip("sklearn.linear_model", reason="the reference needs scikit-learn")
+    xs, ys, xq = sparse_prompts(4, 10, 5, 2, seed=3)
+    if kind == "duplicated":
+        xs[..., 1], xq[..., 1] = xs[..., 0], xq[..., 0]
+    elif kind == "ties":
+        xs, xq = xs.sign(), xq.sign()
+        ys = xs[..., :2].sum(-1)
+    else:
+        xs, xq = xs + 30.0, xq + 30.0
+    gram = (xs.unsqueeze(-1) * xs.unsqueeze(-2)).cumsum(1)
+    w = lasso(gram, (xs * ys.unsqueeze(-1)).cumsum(1), torch.arange(1.0, 11.0, dtype=F64).expand(4, 10), 0.05)
+    for b in range(4):
+        for k in range(1, 11):
+            x, y, v = xs[b, :k].numpy(), ys[b, :k].numpy(), w[b, k - 1].numpy()
+            correlation = x.T @ (y - x @ v) / k
+            assert (abs(correlation) <= 0.05 * (1 + 1e-7)).all(), (b, k, correlation)
+            on = v != 0
+            assert (abs(correlation[on] - 0.05 * np.sign(v[on])) <= 1e-7).all(), (b, k, correlation, v)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scikit-learn's "did not converge" on the offset inputs
+                reference = linear_model.Lasso(alpha=0.05, fit_intercept=False, tol=1e-14, max_iter=10**6)
+                reference.fit(x, y)
+            assert lasso_objective(x, y, v, 0.05) <= lasso_objective(x, y, reference.coef_, 0.05) + 1e-9
+            if kind == "duplicated":
+                expected = torch.from_numpy(reference.predict(xq[b].numpy()))
+                torch.testing.assert_close(xq[b] @ w[b, k - 1], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_lasso_edges():

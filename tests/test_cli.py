@@ -118,3 +118,140 @@ def test_verb_help_lists_the_registries(capsys):
 def test_top_level_help_imports_no_torch():
     code = "import sys, iclab.cli; iclab.cli.build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- issue 15 item 8: the verbs' edges
+
+
+def test_version_prints_the_installed_version_without_torch():
+    """``iclab --version`` prints the distribution's version and imports no torch."""
+    from importlib.metadata import version
+
+    code = (
+        "import sys, iclab.cli\n"
+        "try:\n    iclab.cli.main(['--version'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print('torch' in sys.modules)"
+    )
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split("\n")
+    assert printed[:3] == [f"iclab {version('iclab')}", "exit 0", "False"]
+
+
+def test_reproduce_list_prints_one_line_per_recipe(capsys):
+    from iclab.experiments import RECIPES
+
+    assert main(["reproduce", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(RECIPES)
+    for line, recipe in zip(lines, RECIPES.values(), strict=True):
+        assert line.split()[0] == recipe.name and line.endswith(f"{recipe.paper}: {recipe.claim}")
+    assert main(["reproduce"]) == 2
+    assert "or --list" in capsys.readouterr().err
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAt:
+    """A training callback that stops the run (like a kill) after ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, run) -> None:
+        if run.state.step == self.step:
+            raise Stop
+
+
+@pytest.mark.parametrize("verb", ["eval", "probe"])
+def test_eval_and_probe_of_an_unfinished_run_say_so_and_how_to_finish_it(verb, tmp_path, capsys):
+    """A run stopped at step 25 of 30 (checkpoint at 20): eval/probe exit 2 in one line with the step and the
+    command that finishes it; that command finishes it, and then they work."""
+    import shlex
+
+    from iclab.config import parse_config
+    from iclab.train import default_callbacks, train
+
+    out = tmp_path / "run"
+    cfg = parse_config({}, [*SMALL, "train.checkpoint_every=10"])
+    with pytest.raises(Stop):
+        train(cfg, out, progress=False, callbacks=[*default_callbacks(), StopAt(25)])
+    extra = ["--prompts", "20", "--queries", "1", "--max-iterations", "2", "--sweeps", "1", "--quiet"]
+    argv = [verb, str(out), *(["--batch-size", "100"] if verb == "eval" else extra)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert f"{out} is not finished (step 20 of 30 saved)" in err
+    command = err.split("`")[1]
+    assert main([*shlex.split(command)[1:], "--quiet"]) == 0  # the command it names finishes the run
+    capsys.readouterr()
+    assert main(argv) == 0
+
+
+def test_eval_of_a_diverged_run_says_it_diverged(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "train.diverge_loss=1e-9", "--out", str(out), "--quiet"]) == 1
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "did not finish: it diverged at step 1" in err and "--force" in err
+
+
+def test_eval_of_several_runs_draws_one_figure_with_a_curve_per_run(tmp_path, capsys, monkeypatch):
+    """Two runs that differ in train.lr: each gets its own eval.json and error_curve.png as alone; the combined
+    figure has one solid curve per run labelled by its name and the key that differs, and (same task and seed:
+    the same prompts) the reference learners once."""
+    import matplotlib.pyplot as plt
+
+    from iclab.plots import figure_caption
+
+    runs = [tmp_path / "fast", tmp_path / "slow"]
+    for run, lr in zip(runs, ("0.02", "0.005"), strict=True):
+        assert main(["train", *SMALL, f"train.lr={lr}", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    before = set(plt.get_fignums())
+    monkeypatch.setattr(plt, "close", lambda *args: None)
+    assert main(["eval", *map(str, runs), "--batch-size", "300", "--learners", "least_squares"]) == 0
+    printed = capsys.readouterr().out
+    figure = tmp_path / "compare-fast-slow.png"
+    assert f"combined figure: {figure}" in printed and figure.stat().st_size > 10_000
+    assert all((run / "eval.json").is_file() and (run / "figures" / "error_curve.png").is_file() for run in runs)
+    combined = [plt.figure(n) for n in plt.get_fignums() if n not in before][-1]
+    labels = combined.axes[0].get_legend_handles_labels()[1]
+    assert labels[:2] == ["fast (lr=0.02)", "slow (lr=0.005)"] and labels[2].startswith("least_squares")
+    assert len(combined.axes[0].get_lines()) == 3
+    assert figure_caption(combined).startswith(f"{runs[0]}, {runs[1]}: task.name=linear task.d=3")
+    single = json.loads((runs[0] / "eval.json").read_text())["curves"]
+    assert [c["name"] for c in single] == ["model (lsa, 1 layer)", "least_squares"]
+    opened = [n for n in plt.get_fignums() if n not in before]
+    monkeypatch.undo()
+    for n in opened:
+        plt.close(n)
+    assert main(["eval", *map(str, runs), "--json", "--batch-size", "300", "--figure", str(tmp_path / "c.png")]) == 0
+    curves = json.loads(capsys.readouterr().out)
+    assert list(curves) == [str(run) for run in runs] and len(curves[str(runs[0])]) == 5
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_eval_of_runs_on_different_prompts_leaves_the_references_out(tmp_path, capsys, monkeypatch):
+    """Runs with different seeds are evaluated on different prompts: the combined figure shows only their models
+    and its caption says why."""
+    import matplotlib.pyplot as plt
+
+    from iclab.plots import figure_caption
+
+    runs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    for run, seed in zip(runs, ("0", "1"), strict=True):
+        assert main(["train", *SMALL, f"seed={seed}", "--out", str(run), "--quiet"]) == 0
+    before = set(plt.get_fignums())
+    monkeypatch.setattr(plt, "close", lambda *args: None)
+    assert main(["eval", *map(str, runs), "--batch-size", "200"]) == 0
+    assert f"combined figure: {tmp_path / 'compare-run-run.png'}" in capsys.readouterr().out
+    (combined,) = [plt.figure(n) for n in plt.get_fignums() if n not in before and plt.figure(n).texts][-1:]
+    labels = combined.axes[0].get_legend_handles_labels()[1]
+    assert labels == [f"{runs[0]} (seed=0)", f"{runs[1]} (seed=1)"]  # same names: the paths tell them apart
+    assert figure_caption(combined).endswith("reference learners left out: the runs' prompts differ")
+    opened = [n for n in plt.get_fignums() if n not in before]
+    monkeypatch.undo()
+    for n in opened:
+        plt.close(n)

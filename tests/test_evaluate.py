@@ -155,3 +155,18 @@ def test_iclab_eval_with_a_tiny_ridge_alpha(tmp_path, capsys):
     for c in curves:
         assert len(c["k"]) == 6 and np.isfinite(c["mse"]).all() and np.isfinite(c["low"]).all()
         assert all(lo <= m <= hi for lo, m, hi in zip(c["low"], c["mse"], c["high"], strict=True))
+
+
+def test_the_streamed_evaluation_equals_the_materialised_one():
+    """sampled_loss_stats draws the prompts of sample_in_chunks chunk by chunk and drops each: the same mean,
+    standard error, bootstrap interval and tail share as the whole set at once, to the bit."""
+    from iclab.evaluate import query_loss_stats, sampled_loss_stats
+    from iclab.learners import LeastSquares
+    from iclab.tasks import make_task
+
+    task = make_task(task_config("isotropic", "task.d=3", "task.n=6", "task.noise_std=0.5"), seed=0)
+    whole = task.sample_in_chunks(700, torch.Generator().manual_seed(5), torch.float64, chunk=256)
+    expected = query_loss_stats(LeastSquares(), whole, chunk_size=256)
+    streamed = sampled_loss_stats(LeastSquares(), task, 700, torch.Generator().manual_seed(5), torch.float64,
+                                  chunk_size=256)  # fmt: skip
+    assert streamed == expected

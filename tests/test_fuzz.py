@@ -203,8 +203,10 @@ def _valid_value(field, d: int) -> st.SearchStrategy:
     return value
 
 
+# one run dir (no ensemble) and no tracker packages needed
 FIXED = {"train.steps": 3, "train.batch_size": 8, "train.warmup_steps": 0, "train.checkpoint_every": 2,
-         "task.n": 5, "eval.every": 2}  # fmt: skip
+         "task.n": 5, "eval.every": 2, "train.ensemble": 1, "train.ensemble_lrs": None,
+         "train.loggers": None}  # fmt: skip
 
 
 def _text(value: object) -> str:

@@ -106,3 +106,30 @@ def test_a_tiny_gpt2_learns_linear_regression_in_context(tmp_path):
                             "train.objective=all_prefixes", "eval.batch_size=2000", "eval.every=800"])  # fmt: skip
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["final_eval_loss"] < 0.5
+
+
+@pytest.mark.parametrize("family", ["gpt2", "lsa"])
+def test_next_example_objective_is_garg_sequence_loss(family):
+    """train.objective=next_example: the mean over k = 1..n of the error of predicting x_{k+1}'s label (the
+    query's for k = n) from the first k examples, computed here one prefix at a time; GPT-2's one causal pass
+    equals the generic default (the diagonal of predict_prefixes)."""
+    from iclab.models.base import InContextModel
+    from iclab.objectives import OBJECTIVES
+
+    if family == "gpt2":
+        model, task = small_model(n=6, m=2)
+    else:
+        cfg = parse_config({}, ["task.d=3", "task.n=6", "task.n_queries=2", "model.layers=2"])
+        task = make_task(cfg.task)
+        model = build_model(cfg.model, task, torch.Generator().manual_seed(0)).double()
+    p = task.sample(5, torch.Generator().manual_seed(4), dtype=torch.float64)
+    following = torch.cat([p.xs[:, 1:], p.xq[:, :1]], dim=1)
+    targets = torch.cat([p.ys[:, 1:], p.yq[:, :1]], dim=1)
+    one_by_one = torch.stack(
+        [model.predict(p.xs[:, :k], p.ys[:, :k], following[:, k - 1 : k])[:, 0] for k in range(1, 7)], dim=1
+    )
+    torch.testing.assert_close(model.predict_next(p.xs, p.ys, p.xq), one_by_one, rtol=0, atol=1e-12)
+    generic = InContextModel.predict_next(model, p.xs, p.ys, p.xq)
+    torch.testing.assert_close(generic, one_by_one, rtol=0, atol=1e-12)
+    loss = OBJECTIVES["next_example"](model, p)
+    torch.testing.assert_close(loss, ((one_by_one - targets) ** 2).mean(), rtol=1e-12, atol=0)

@@ -174,3 +174,24 @@ def test_probe_cli_usage_errors(argv, fragment, tmp_path, capsys):
     assert main(["probe", str(run), "--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_ridge_and_least_squares_candidates_are_the_learners_solved_from_x():
+    """The probe's ridge and ols families give the learners' own predictions at every prefix, solved from X:
+    with two nearly equal input coordinates (κ(X) ≈ 1e7, so κ(XᵀX) ≈ 1e14) least squares from XᵀX is off by
+    2e8, and prefixes shorter than d are rank-deficient."""
+    from iclab.learners import Ridge
+    from iclab.prompts import Prompts
+
+    generator = torch.Generator().manual_seed(3)
+    xs = torch.randn(6, 8, 5, generator=generator, dtype=torch.float64)
+    xs[..., 4] = xs[..., 3] + 1e-7 * torch.randn(6, 8, generator=generator, dtype=torch.float64)  # κ(X) ≈ 1e7
+    ys, xq = torch.randn(6, 8, generator=generator, dtype=torch.float64), torch.randn(6, 2, 5, dtype=torch.float64)
+    prompts = Prompts(xs=xs, ys=ys, xq=xq, yq=torch.zeros(6, 2, dtype=torch.float64))
+    families = {family.name: family for family in candidate_families(prompts)}
+    ols = families["ols"].path(None, 0)[0]
+    torch.testing.assert_close(ols, LeastSquares().predict_prefixes(xs, ys, xq), rtol=1e-10, atol=1e-10)
+    alpha = families["ridge"].grid[0]
+    ridge = families["ridge"].path(alpha, 0)[0]
+    torch.testing.assert_close(ridge, Ridge(alpha).predict_prefixes(xs, ys, xq), rtol=1e-10, atol=1e-10)
+    assert torch.isfinite(ridge).all()

@@ -173,6 +173,7 @@ DAMAGE = {
 }
 RUN_FILES = ["config.yaml", "metrics.csv", "checkpoint.pt", "model.safetensors", "model.json", "manifest.json"]
 FINISHED_FILES = [*RUN_FILES, "summary.json", "figures/loss.png"]
+ANALYSIS_FILES = ["eval.json", "figures/error_curve.png", "probe/layers.csv", "probe/figures/iterations.png"]
 
 
 @pytest.fixture(scope="module")
@@ -180,15 +181,24 @@ def templates(tmp_path_factory) -> dict[str, Path]:
     """A finished and an interrupted (killed after its checkpoint at step 2) TINY run."""
     finished = tmp_path_factory.mktemp("finished") / "run"
     train(parse_config({}, TINY), finished, progress=False)
-    return {"finished": finished, "interrupted": interrupted_run(tmp_path_factory.mktemp("interrupted"), TINY, 3)}
+    evaluated = tmp_path_factory.mktemp("evaluated") / "run"
+    shutil.copytree(finished, evaluated)
+    assert main(["eval", str(evaluated), "--batch-size", "200", "--learners", "zero"]) == 0
+    assert main(["probe", str(evaluated), "--prompts", "20", "--max-iterations", "2", "--quiet"]) == 0
+    interrupted = interrupted_run(tmp_path_factory.mktemp("interrupted"), TINY, 3)
+    return {"finished": finished, "interrupted": interrupted, "evaluated": evaluated}
 
 
 @pytest.mark.parametrize(
-    ("kind", "name"), [("finished", name) for name in FINISHED_FILES] + [("interrupted", name) for name in RUN_FILES]
+    ("kind", "name"),
+    [("finished", name) for name in FINISHED_FILES]
+    + [("interrupted", name) for name in RUN_FILES]
+    + [("evaluated", name) for name in ANALYSIS_FILES],
 )
 def test_every_damage_is_named_by_check_and_refused_by_train(tmp_path, capsys, templates, kind, name):
-    """Each file of a finished or an interrupted run, truncated, bit-flipped, emptied or deleted: train exits 2
-    with one line naming the file (never "already done", never a traceback) and check reports it BAD."""
+    """Each file of a finished or an interrupted run, and what eval and probe added to a finished one,
+    truncated, bit-flipped, emptied or deleted: train exits 2 with one line naming the file (never "already
+    done", never a traceback) and check reports it BAD."""
     for how, damage in DAMAGE.items():
         out = tmp_path / how
         shutil.copytree(templates[kind], out)
@@ -300,3 +310,21 @@ def test_a_float64_run_reloads_bit_identical(tmp_path):
     for name, tensor in saved.items():
         assert tensor.dtype == torch.float64 and state[name].dtype == torch.float64
         assert torch.equal(state[name], tensor), name
+
+
+def test_the_model_file_is_the_same_bytes_in_every_process(tmp_path):
+    """model.safetensors of the same weights written by two processes: the same bytes (its metadata is one key;
+    safetensors orders several keys differently from process to process), and it still reads back."""
+    code = (
+        "import hashlib, sys, torch; from iclab.config import parse_config; from iclab.models import build_model; "
+        "from iclab.rundir import MODEL_FILE, model_files; from iclab.tasks import make_task; "
+        "cfg = parse_config({}, ['task.d=3', 'model.layers=2']); task = make_task(cfg.task); "
+        "model = build_model(cfg.model, task, torch.Generator().manual_seed(0)); "
+        "print(hashlib.sha256(model_files(model, cfg, 7)[MODEL_FILE]).hexdigest())"
+    )
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(3)}  # fmt: skip
+    assert len(digests) == 1
+    out = tmp_path / "run"
+    train(parse_config({}, TINY), out, progress=False)
+    assert load_model(out)[2] == 4

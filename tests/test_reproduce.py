@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import shlex
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from iclab.cli import main
-from iclab.experiments import RECIPES, list_run_commands, reproduce
+from iclab.evaluate import query_loss
+from iclab.experiments import RECIPES, list_run_commands, mahankali, reproduce
 from iclab.experiments.grid import execute, load_finished
 from iclab.experiments.recipe import RunSpec
+from iclab.learners import from_model
+from iclab.runs import load_model
+from iclab.seeding import make_generator
+from iclab.tasks import make_task
+from iclab.theory import effective_gamma, lsa_optimum
 from iclab.train import TrainingDiverged
 
 
@@ -52,22 +60,68 @@ def test_mlp_lsa_quick(tmp_path, capsys):
     assert results.loc[("relu", "mlp_lsa"), "loss"] < results.loc[("relu", "lsa"), "loss"]
 
 
-def test_nonlinear_responses_quick(tmp_path, capsys):
-    """Mahankali et al.: for ReLU and tanh responses the trained one-layer LSA is one GD step, Γ ≈ η* I with
-    the exact η* of iclab.theory.nonlinear."""
-    out = tmp_path / "nonlinear"
-    assert main(["reproduce", "nonlinear_responses", "--quick", "--out", str(out), "--quiet"]) == 0
-    assert "NO" not in capsys.readouterr().out
-    results = pd.read_csv(out / "results.csv").set_index("response")
-    assert (results["gamma_gap"] < 0.15).all() and (results["off_diagonal_share"] < 0.1).all()
-    excess = results["exact_loss_trained"] / results["exact_loss_optimum"] - 1
-    assert (excess >= -1e-12).all() and (excess < 0.02).all()  # the exact loss: never below the optimum
+def test_mahankali_quick(tmp_path, capsys):
+    """Mahankali et al. at the quick size: every trained one-layer LSA's exact loss is within 3 % of L* and its
+    Γ within 5 % of Γ* (isotropic: η* I; anisotropic: Λ M⁻¹; ReLU and tanh responses: η* I), at σ = 0 and
+    0.5. Checked independently: L* and η* from their closed forms, Γ from the raw weights, the exact loss
+    against the model's Monte Carlo loss, the model's prediction against x_qᵀ Γ h."""
+    out = tmp_path / "mahankali"
+    assert main(["reproduce", "mahankali", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "NO " not in printed and printed.count("yes") == 18
+    results = pd.read_csv(out / "results.csv").set_index("run_id")
+    assert len(results) == 8 and set(results["noise_std"]) == {0.0, 0.5}
+    assert ((results["gap_percent"] > -1e-9) & (results["gap_percent"] < 3)).all()  # never below the optimum
+    assert (results["gamma_distance"] < 0.05).all()
+    aniso = results[results["setting"] == "anisotropic"]
+    assert len(aniso) == 2 and (aniso["best_gd_step_loss"] > 1.1 * aniso["optimal_loss"]).all()
+    d, n = 3, 10
+    for noise in (0.0, 0.5):  # closed forms: isotropic η* = n/(n + d + 1 + σ²); ReLU η* = n/(n + 2d + 3 + 4σ²)
+        s2 = noise**2
+        iso = results.loc[f"isotropic_noise{noise:g}"]
+        assert iso["eta_star"] == pytest.approx(n / (n + d + 1 + s2), rel=1e-12)
+        assert iso["optimal_loss"] == pytest.approx(d * (d + 1 + s2) / (n + d + 1 + s2) + s2, rel=1e-12)
+        assert results.loc[f"relu_noise{noise:g}", "eta_star"] == pytest.approx(n / (n + 2 * d + 3 + 4 * s2))
+    lam = np.diag([2.0, 1.0, 0.5])
+    optimum = lsa_optimum(n, lam, None, 0.5)
+    row = results.loc["anisotropic_noise0.5"]
+    assert row["optimal_loss"] == pytest.approx(optimum.loss, rel=1e-12)
+    for run_id, row in results.iterrows():
+        model, cfg, _ = load_model(out / "runs" / run_id)
+        model = model.double()  # exact: the float32 weights, the products in float64
+        attn = model.blocks[0].attn  # sparse form: ŷ = x_qᵀ Γ h with Γ = −v Aᵀ
+        gamma = (-attn.value[0] * attn.kq_block[0, :d, :d].T).detach().numpy()
+        assert np.allclose(gamma, effective_gamma(model), rtol=1e-12, atol=1e-14)
+        task = make_task(cfg.task, cfg.seed)
+        prompts = task.sample(20000 if run_id.endswith("0.5") else 64, make_generator(1, run_id), dtype=torch.float64)
+        h = torch.einsum("bn,bnd->bd", prompts.ys, prompts.xs) / n
+        with torch.no_grad():
+            predicted = from_model(model).predict(prompts.xs, prompts.ys, prompts.xq)
+        expected = torch.einsum("bmd,de,be->bm", prompts.xq, torch.from_numpy(gamma), h)
+        assert torch.allclose(predicted, expected, rtol=1e-9, atol=1e-12)
+        if row["setting"] == "anisotropic":
+            reference = optimum.gamma if row["noise_std"] == 0.5 else lsa_optimum(n, lam).gamma
+            distance = np.linalg.norm(gamma - reference) / np.linalg.norm(reference)
+            assert row["gamma_distance"] == pytest.approx(distance, rel=1e-9)
+        if run_id.endswith("0.5") and row["setting"] in ("anisotropic", "relu"):  # exact loss = the model's loss
+            mean, sem = query_loss(from_model(model), prompts)
+            assert abs(mean - row["exact_loss_trained"]) < 4 * sem
+    claims = pd.read_csv(out / "claims.csv")
+    assert len(claims) == 18 and claims["holds"].all()
+    for name in ("gamma_heatmaps.png", "losses.png"):
+        assert (out / "figures" / name).stat().st_size > 20_000
+    report = (out / "report.md").read_text()
+    assert "iclab reproduce mahankali --quick" in report and report.count("iclab train ") == 8
 
 
 def test_newton_quick(tmp_path, capsys):
-    """Fu et al.'s setting at the quick size: every depth is probed; the one-layer model is one GD step."""
+    """Fu et al.'s setting at the quick size: every depth is probed; the one-layer model is one GD step; the
+    two-layer model's second layer matches more Newton iterations than its first and more than 2 GD steps
+    (both claim checks say yes, so reproduce exits 0)."""
     out = tmp_path / "newton"
-    assert main(["reproduce", "newton", "--quick", "--out", str(out), "--quiet"]) == 0
+    code = main(["reproduce", "newton", "--quick", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0 and "NO " not in printed.out, printed.out
     maps = pd.read_csv(out / "maps.csv")
     assert sorted(set(maps["depth"])) == [1, 2] and len(maps) == 3
     one = maps[maps["depth"] == 1].iloc[0]
@@ -117,10 +171,18 @@ class InlineExecutor:
         return future
 
 
-def test_reproduce_trains_through_a_given_executor(tmp_path):
+@pytest.fixture
+def small_mahankali(monkeypatch):
+    """mahankali's quick plan cut to two runs (ReLU and tanh responses, noise-free): the plumbing tests' recipe."""
+    small = replace(mahankali.QUICK, settings=("relu", "tanh"), noise_levels=(0.0,))
+    monkeypatch.setitem(mahankali.SIZES, "quick", small)
+    return RECIPES["mahankali"]
+
+
+def test_reproduce_trains_through_a_given_executor(tmp_path, small_mahankali):
     """Every planned run goes through the executor's submit, with plain (picklable) arguments; the analysis
     then loads the run dirs. A second call finds every run finished."""
-    recipe = RECIPES["nonlinear_responses"]
+    recipe = small_mahankali
     executor = InlineExecutor()
     outcome = reproduce(recipe.name, tmp_path, size="quick", progress=False, executor=executor)
     planned = recipe.plan("quick")
@@ -146,15 +208,17 @@ def test_list_run_commands_one_train_command_per_planned_run(tmp_path, name):
         assert words[-3:-1] == ["--out", str(tmp_path / "out dir" / "runs" / spec.run_id)]
 
 
-def test_listed_commands_train_the_runs_reproduce_analyses(tmp_path):
+def test_listed_commands_train_the_runs_reproduce_analyses(tmp_path, small_mahankali):
     """Running the listed commands (as a scheduler would) leaves nothing for reproduce to train: it only
     analyses, and no file of a run dir changes."""
-    out = tmp_path / "nonlinear"
-    for command in list_run_commands("nonlinear_responses", out, size="quick"):
+    out = tmp_path / "mahankali"
+    commands = list_run_commands("mahankali", out, size="quick")
+    assert len(commands) == 2
+    for command in commands:
         words = shlex.split(command)
         assert words[0] == "iclab" and main(words[1:]) == 0
     trained = {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*")}
-    assert all(reproduce("nonlinear_responses", out, size="quick", progress=False)["checks"].values())
+    assert all(reproduce("mahankali", out, size="quick", progress=False)["checks"].values())
     assert {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*")} == trained
 
 
@@ -183,3 +247,22 @@ def test_sizes_are_named(tmp_path, capsys):
     assert len(commands) == 4 and all("task.d=5" in c and "model.size=tiny" in c for c in commands)
     assert main(["reproduce", "mlp_lsa", "--size", "scaled"]) == 2
     assert "--size must be one of quick, full for mlp_lsa" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("checks", "code"), [({"a": True, "b": True}, 0), ({"a": True, "b": False, "c": False}, 3)])
+def test_a_claim_check_that_says_no_exits_3_naming_it(checks, code, tmp_path, capsys, monkeypatch):
+    """``reproduce`` can be trusted as a test: exit 0 only when every claim check says yes; otherwise 3 with
+    one line on stderr naming the failed claims."""
+    from iclab import experiments
+    from iclab.experiments import Recipe
+
+    recipe = Recipe("fake", "A. Paper", "a claim", plan=lambda size: [],
+                    analyse=lambda out, size, runs, device, progress: {"checks": checks})  # fmt: skip
+    monkeypatch.setitem(experiments.RECIPES, "fake", recipe)
+    assert main(["reproduce", "fake", "--quick", "--out", str(tmp_path / "fake"), "--quiet"]) == code
+    printed = capsys.readouterr()
+    assert [line[:3] for line in printed.out.splitlines()[:-1]] == ["yes" if ok else "NO " for ok in checks.values()]
+    if code:
+        assert printed.err == "iclab: reproduce fake (quick): 2 of 3 claim checks failed: b; c\n"
+    else:
+        assert printed.err == ""

@@ -142,3 +142,64 @@ def test_compare_refuses_responses_without_theory_in_one_line(extra, fragment, t
     assert main(["theory", "compare", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_flow_without_out_writes_nothing(tmp_path, capsys, monkeypatch):
+    """`iclab theory flow` writes a figure only where --out asks: nothing appears in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    got = run_json(["theory", "flow", "task.d=2", "task.n=6", "--t-max", "20", "--json"], capsys)
+    assert got["figure"] is None and abs(got["final_gap"]) < 1e-6
+    assert main(["theory", "flow", "task.d=2", "task.n=6", "--t-max", "20"]) == 0
+    assert "figure: none written (--out PNG writes one)" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- issue 12 item 4: one-hot descriptors
+
+
+def test_descriptors_print_losses_zero_up_to_rounding_as_zero(capsys):
+    """d = 10, n = ∞: the optimum with μ has loss 0 (float64 gives ~1e-12); text and JSON say 0."""
+    rows = run_json(["theory", "descriptors", "--d", "10", "--n", "inf", "--json"], capsys)
+    assert rows[0]["with"] == 0.0 and rows[0]["gap"] == rows[0]["without"] > 9
+    assert rows[0]["xs"] == 0.0 and rows[0]["ss"] == 0.0
+    assert main(["theory", "descriptors", "--d", "10", "--n", "inf"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1].split()
+    assert line[0] == "inf" and line[2] == "0" and "e-" not in " ".join(line)
+
+
+def test_descriptors_with_one_hot_over_fixed_means(capsys):
+    """--descriptor onehot --means K: the K means a run with seed=S task.n_means=K draws; the losses are the
+    theory's (descriptor_problem with those means); n = ∞ standardises (B_sx = −M: coefficient −1)."""
+    from iclab.config import parse_config
+    from iclab.tasks import make_task
+    from iclab.theory import descriptor_problem
+
+    argv = ["theory", "descriptors", "--d", "3", "--tau", "1.5", "--descriptor", "onehot", "--means", "5", "--seed",
+            "4", "--n", "10,inf", "--json"]  # fmt: skip
+    rows = run_json(argv, capsys)
+    cfg = parse_config({}, ["task.d=3", "task.x_mean_std=1.5", "task.n_means=5", "task.descriptor=onehot"]).task
+    means = make_task(cfg, 4).means.numpy()
+    for n, row in zip((10, float("inf")), rows, strict=True):
+        without = descriptor_problem(n, 3, descriptor="none", means=means).optimum()[1]
+        with_side = descriptor_problem(n, 3, descriptor="onehot", means=means).optimum()[1]
+        assert row["without"] == pytest.approx(without, rel=1e-10)
+        assert row["with"] == pytest.approx(with_side, rel=1e-10, abs=1e-9)
+    assert rows[0]["gap"] > 0 and rows[1]["with"] == 0.0
+    assert rows[1]["xx"] == pytest.approx(1.0) and rows[1]["sx"] == pytest.approx(-1.0)
+    assert main(argv[:-1]) == 0
+    assert "one-hot" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--descriptor", "onehot"], "--descriptor onehot needs --means K >= 1"),
+        (["--means", "3", "--tau", "0"], "--tau must be > 0 with --means"),
+        (["--means", "-1"], "--means"),
+        (["--descriptor", "ids"], "--descriptor"),
+    ],
+)
+def test_descriptors_usage_errors(argv, fragment, capsys):
+    assert main(["theory", "descriptors", "--d", "3", "--n", "5", *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1

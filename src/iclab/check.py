@@ -43,6 +43,7 @@ from iclab.rundir import (
     stale_temp_files,
     tensor_digest,
 )
+from iclab.tracking import LOGGER_DIRS
 
 Report = list[tuple[str, bool, str]]
 
@@ -61,12 +62,16 @@ def _manifest_entry(run_dir: Path) -> tuple[tuple[str, bool, str], dict[str, Fil
 
 
 def _unrecorded(run_dir: Path, recorded: set[str]) -> Report:
-    """Files and folders of the run dir that manifest.json does not record (outputs of other verbs)."""
+    """Files and folders of the run dir that manifest.json does not record (outputs of other verbs, and the
+    folders of train.loggers: appended to while training, so never covered by digests)."""
     report = []
     for folder in (run_dir, run_dir / FIGURES_DIR):
         for path in sorted(folder.iterdir()) if folder.is_dir() else []:
             name = path.relative_to(run_dir).as_posix()
             if name in recorded or name in (MANIFEST_FILE, LOCK_FILE, FIGURES_DIR) or TEMP_MARK in name:
+                continue
+            if name in LOGGER_DIRS.values() and path.is_dir():
+                report.append((name, True, f"written by train.loggers, not recorded in {MANIFEST_FILE} (not verified)"))
                 continue
             report.append((name, True, f"not recorded in {MANIFEST_FILE}: not written by iclab train (no digest)"))
     return report

@@ -6,15 +6,11 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from iclab.errors import UsageError, UserError
 from iclab.validate import check_flag, check_number
-
-if TYPE_CHECKING:
-    from iclab.tasks.linear import LinearTaskConfig
 
 
 def _parse_n(text: str) -> float:
@@ -45,8 +41,32 @@ def _n_json(n: float) -> float | str:
     return "inf" if n == math.inf else n
 
 
+PRINTED_MATRIX_SIZE = 12  # a larger Γ* is summarised in the text output (all of it is in --json)
+
+
 def _matrix_text(matrix: np.ndarray) -> str:
     return "\n".join("  " + " ".join(f"{v:9.5f}" for v in row) for row in matrix)
+
+
+# What each verb holds at its peak, in float64 d × d matrices (measured: RSS at d = 1000–3000 less start-up).
+DENSE_MATRICES = {"optimum": 12, "compare": 12, "descriptors": 36, "nonlinear": 8}
+# The general exact loss (theory.descriptors.QuadraticLoss, used by flow and by compare with a descriptor) is
+# a quadratic form over B: (F, F), F = d + the descriptor's length: its (F², F²) matrix, the flow's Jacobian
+# and work copies (measured: 3.4 GB at F = 100).
+QUADRATIC_FORM_MATRICES = 5
+
+
+def _check_memory(verb: str, d: int, side: int | None = None) -> None:
+    """Refuse (one line, exit 2) a theory verb whose float64 algebra needs more memory than is free, before
+    anything is allocated: ``DENSE_MATRICES[verb]`` d × d matrices, or with ``side`` (the descriptor's length)
+    QUADRATIC_FORM_MATRICES matrices of F² × F², F = d + side."""
+    from iclab.limits import check_memory
+
+    if side is None:
+        needed, lower = DENSE_MATRICES[verb] * d * d * 8, "--d"
+    else:
+        needed, lower = QUADRATIC_FORM_MATRICES * (d + side) ** 4 * 8, "task.d (or the descriptor's length)"
+    check_memory(needed, f"iclab theory {verb} at d={d}", lower)
 
 
 def _run(func):
@@ -68,6 +88,7 @@ def cmd_optimum(args: argparse.Namespace) -> int:
     from iclab.theory.lsa import lsa_optimum
 
     check_flag("--d", args.d, ge=1, integer=True)
+    _check_memory("optimum", args.d)
     n = _parse_n(args.n)
     x_diag = _parse_list(args.x_cov_diag, "--x-cov-diag", args.d)
     w_diag = _parse_list(args.w_cov_diag, "--w-cov-diag", args.d)
@@ -88,47 +109,26 @@ def cmd_optimum(args: argparse.Namespace) -> int:
         print(json.dumps(payload))
         return 0
     print(f"optimal one-layer LSA, d={args.d}, n={n}, noise_std={args.noise}: ŷ = x_qᵀ Γ* (1/n) Σ y_i x_i")
-    print("Γ* = Σ_w Λ M⁻¹ =")
-    print(_matrix_text(opt.gamma))
+    if args.d <= PRINTED_MATRIX_SIZE:
+        print("Γ* = Σ_w Λ M⁻¹ =")
+        print(_matrix_text(opt.gamma))
+    else:
+        diagonal, off = np.diag(opt.gamma), opt.gamma - np.diag(np.diag(opt.gamma))
+        print(
+            f"Γ* = Σ_w Λ M⁻¹ ({args.d} × {args.d}; --json prints it): diagonal {diagonal.min():.6g} to "
+            f"{diagonal.max():.6g}, largest |off-diagonal| {np.abs(off).max():.3g}"
+        )
     if opt.step_size is not None:
         print(f"Γ* = η I: one GD step with step size η = {opt.step_size:.6g}")
     print(f"optimal loss L* = {opt.loss:.6g}")
     return 0
 
 
-def _check_nonlinear_covered(task: LinearTaskConfig) -> None:
-    """The non-linear theory (y = ξ f(wᵀx) + ε) covers f = relu, tanh, cubic with x, w ~ N(0, I); refuse other
-    runs with one line rather than compare them with a theory that does not describe them."""
-    from iclab.theory.nonlinear import RESPONSES
-
-    if task.response not in RESPONSES:
-        raise UsageError(
-            f"compare has no exact theory for task.response={task.response} (it covers {', '.join(RESPONSES)})"
-        )
-    extras = {
-        "task.x_cov_diag": task.x_cov_diag is not None,
-        "task.condition_number": task.condition_number is not None,
-        "task.w_cov": task.w_cov != "identity",
-        "task.x_mean_std": task.x_mean_std != 0,
-        "task.descriptor": task.descriptor != "none",
-    }
-    given = [key for key, used in extras.items() if used]
-    if given:
-        raise UsageError(
-            f"compare's theory for task.response={task.response} needs isotropic x and w ~ N(0, I); "
-            f"this run sets {', '.join(given)}"
-        )
-
-
 @_run
 def cmd_compare(args: argparse.Namespace) -> int:
     from iclab.rundir import SUMMARY_FILE, read_json
     from iclab.runs import load_model
-    from iclab.tasks import make_task
-    from iclab.theory.descriptors import task_problem
-    from iclab.theory.lsa import lsa_loss, lsa_optimum
-    from iclab.theory.lsa_weights import effective_bilinear, effective_gamma
-    from iclab.theory.nonlinear import nonlinear_loss, nonlinear_optimum
+    from iclab.theory.compare import compare_with_theory, theory_kind
 
     model, cfg, step = load_model(Path(args.run_dir))
     if cfg.model.name != "lsa" or model.num_layers != 1 or cfg.task.name != "linear":
@@ -138,31 +138,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     summary = read_json(Path(args.run_dir) / SUMMARY_FILE)
     task = cfg.task
-    if task.response != "identity":
-        _check_nonlinear_covered(task)
-        opt = nonlinear_optimum(task.response, task.n, task.d, task.noise_std)
-        weights = effective_gamma(model)
-        model_loss = nonlinear_loss(weights, task.response, task.n, task.d, task.noise_std)
-        optimal, optimum_weights = opt.loss, opt.gamma
-        distance = float(np.linalg.norm(weights - opt.gamma) / np.linalg.norm(opt.gamma))
-        name = "Γ"
-    elif task.x_mean_std == 0 and task.descriptor == "none":
-        if task.rotation == "per_prompt":
-            raise UsageError("task.rotation=per_prompt is not covered by the exact theory")
-        sampler = make_task(task, cfg.seed)
-        covs = (sampler.x_cov.numpy(), sampler.w_cov.numpy(), task.noise_std)
-        opt = lsa_optimum(task.n, *covs)
-        weights = effective_gamma(model)
-        model_loss, optimal, optimum_weights = lsa_loss(weights, task.n, *covs), opt.loss, opt.gamma
-        distance = float(np.linalg.norm(weights - opt.gamma) / np.linalg.norm(opt.gamma))
-        name = "Γ"
-    else:
-        problem = task_problem(task, cfg.seed)
-        weights = effective_bilinear(model)
-        optimum_weights, optimal = problem.optimum()
-        model_loss = problem.loss(weights)
-        distance = problem.relative_error(weights, optimum_weights)
-        name = "B"
+    kind = theory_kind(task)
+    if kind == "linear":
+        _check_memory("compare", task.d)
+    elif kind == "descriptor":
+        _check_memory("compare", task.d, task.descriptor_dim)
+    comparison = compare_with_theory(model, task, cfg.seed)
+    weights, optimum_weights, name = comparison.weights, comparison.optimum, comparison.name
+    model_loss, optimal, distance = comparison.model_loss, comparison.optimal_loss, comparison.distance
     trained, sem = summary.get("final_eval_loss"), summary.get("final_eval_sem")
     result = {
         "run_dir": str(args.run_dir),
@@ -209,6 +192,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     n = math.inf if args.n_infinite else cfg.task.n
     if args.n_infinite and args.sgd_steps > 0:
         raise UsageError("--sgd-steps needs a finite n (SGD samples prompts of task.n examples)")
+    _check_memory("flow", cfg.task.d, cfg.task.descriptor_dim)
     problem = task_problem(cfg.task, cfg.seed, n=n)
     a0, v0 = initial_weights(problem.features, args.init, args.init_scale, args.seed)
     t_max = args.t_max if args.sgd_steps == 0 else max(args.t_max, args.sgd_lr * args.sgd_steps)
@@ -220,7 +204,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     gap = flow.loss - flow.optimal_loss
     reached = {tol: (float(flow.t[np.argmax(gap < tol)]) if np.any(gap < tol) else None) for tol in (1e-3, 1e-6)}
     title = f"d={cfg.task.d}, n={n}, descriptor={cfg.task.descriptor}, tau={cfg.task.x_mean_std}, init={args.init}"
-    path = plot_flow(flow, Path(args.out), sgd, title)
+    path = None if args.out is None else plot_flow(flow, Path(args.out), sgd, title, caption_text=_flow_caption(args))
     result = {
         "n": _n_json(n),
         "init": args.init,
@@ -232,7 +216,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
         "time_to_1e-3": reached[1e-3],
         "time_to_1e-6": reached[1e-6],
         "sgd_final_loss": None if sgd is None else float(sgd.loss[-1]),
-        "figure": str(path),
+        "figure": None if path is None else str(path),
     }
     if args.json:
         print(json.dumps(result))
@@ -245,30 +229,112 @@ def cmd_flow(args: argparse.Namespace) -> int:
     if sgd is not None:
         at = float(np.interp(sgd.t[-1], flow.t, flow.loss))
         print(f"  SGD (lr {args.sgd_lr:g}, {args.sgd_steps} steps): exact loss {sgd.loss[-1]:.6g}, flow {at:.6g}")
-    print(f"figure: {path}")
+    print(f"figure: {path}" if path is not None else "figure: none written (--out PNG writes one)")
     return 0
+
+
+def _flow_caption(args: argparse.Namespace) -> str:
+    """What a flow figure shows: its command line."""
+    flags = [
+        f"--init {args.init}",
+        f"--init-scale {args.init_scale:g}",
+        f"--seed {args.seed}",
+        f"--t-max {args.t_max:g}",
+    ]
+    if args.n_infinite:
+        flags.insert(0, "--n-infinite")
+    if args.sgd_steps:
+        flags += [f"--sgd-steps {args.sgd_steps}", f"--sgd-lr {args.sgd_lr:g}", f"--sgd-batch {args.sgd_batch}"]
+    return "iclab theory flow " + " ".join([*args.overrides, *flags])
+
+
+ROUNDING = 1e-9  # |value| ≤ ROUNDING · scale prints as 0 (float64 rounding, e.g. the n = ∞ loss with μ)
+
+
+def _snap(value: float, scale: float) -> float:
+    """``value``, or 0.0 when it is 0 up to rounding relative to ``scale``."""
+    return 0.0 if abs(value) <= ROUNDING * scale else value
+
+
+def _descriptor_means(args: argparse.Namespace) -> np.ndarray | None:
+    """The K fixed means of ``--means K`` as a run with ``seed=--seed task.n_means=K task.x_mean_std=--tau``
+    draws them (None: μ ~ N(0, τ² I))."""
+    from iclab.config import parse_config
+    from iclab.tasks import make_task
+
+    if args.descriptor not in ("mean", "onehot"):
+        raise UsageError(f"--descriptor must be mean or onehot, got {args.descriptor!r}")
+    check_flag("--means", args.means, ge=0, integer=True)
+    if args.descriptor == "onehot" and args.means == 0:
+        raise UsageError("--descriptor onehot needs --means K >= 1 (the one-hot index is over K fixed means)")
+    if args.means == 0:
+        return None
+    if not args.tau > 0:
+        raise UsageError(f"--tau must be > 0 with --means (the means are drawn from N(0, τ² I)), got {args.tau:g}")
+    keys = {"d": args.d, "x_mean_std": args.tau, "n_means": args.means, "descriptor": args.descriptor}
+    task = parse_config({}, [f"task.{key}={value}" for key, value in keys.items()]).task
+    return make_task(task, args.seed).means.numpy()
+
+
+def _block_coefficients(b: np.ndarray, d: int, key: np.ndarray) -> dict[str, float]:
+    """The least-squares coefficients of B ≈ [[c_xx I, c_xs Kᵀ], [c_sx K, c_ss K Kᵀ]] with K: (k, d) the map
+    μ = Kᵀs (the means M for one-hot; for the mean descriptor I, or with fixed means the projector on their
+    span, the part of μ that varies): for Gaussian μ the blocks are exactly these multiples of I (tr(block)/d),
+    and at n = ∞ the coefficients are (1, 0, −1, 0)."""
+
+    def fit(block: np.ndarray, pattern: np.ndarray) -> float:
+        return float(np.sum(block * pattern) / np.sum(pattern * pattern))
+
+    return {
+        "xx": fit(b[:d, :d], np.eye(d)),
+        "xs": fit(b[:d, d:], key.T),
+        "sx": fit(b[d:, :d], key),
+        "ss": fit(b[d:, d:], key @ key.T),
+    }
 
 
 @_run
 def cmd_descriptors(args: argparse.Namespace) -> int:
     from iclab.theory.descriptors import descriptor_problem
 
+    check_flag("--d", args.d, ge=1, integer=True)
+    _check_memory("descriptors", args.d)
+    check_flag("--tau", args.tau, ge=0.0)
+    means = _descriptor_means(args)
+    side = args.d if args.descriptor == "mean" else args.means
+    _check_memory("descriptors", args.d, side)
     ns = [_parse_n(v) for v in args.n.split(",")]
+    common = {"tau": args.tau, "means": means, "noise_std": args.noise}
+    if args.descriptor == "onehot":
+        key = means
+    else:  # μ itself; with K fixed means only its part in their span is seen, so fit to that projector
+        key = np.eye(args.d) if means is None else np.linalg.pinv(means) @ means
     rows = []
     for n in ns:
-        without = descriptor_problem(n, args.d, descriptor="none", tau=args.tau, noise_std=args.noise).optimum()[1]
-        problem = descriptor_problem(n, args.d, descriptor="mean", tau=args.tau, noise_std=args.noise)
-        b, with_mean = problem.optimum()
-        d = args.d
-        blocks = {k: float(np.trace(v)) / d for k, v in (("xx", b[:d, :d]), ("xs", b[:d, d:]), ("sx", b[d:, :d]))}
-        blocks["ss"] = float(np.trace(b[d:, d:])) / d
-        rows.append({"n": _n_json(n), "without": without, "with": with_mean, "gap": without - with_mean, **blocks})
+        without = descriptor_problem(n, args.d, descriptor="none", **common)
+        problem = descriptor_problem(n, args.d, descriptor=args.descriptor, **common)
+        b, with_side = problem.optimum()
+        scale = problem.c  # E y_q², the loss of predicting 0
+        loss_without, loss_with = _snap(without.optimum()[1], scale), _snap(with_side, scale)
+        blocks = {name: _snap(value, 1.0) for name, value in _block_coefficients(b, args.d, key).items()}
+        rows.append({"n": _n_json(n), "without": loss_without, "with": loss_with,
+                     "gap": _snap(loss_without - loss_with, scale), **blocks})  # fmt: skip
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"optimal one-layer LSA loss, mean-shifted regression d={args.d}, tau={args.tau}, noise_std={args.noise}")
-    print("B* blocks (multiples of I): ŷ = h_xᵀ(B_xx x_q + B_xs μ) + ȳ μᵀ(B_sx x_q + B_ss μ)")
-    print(f"{'n':>6} {'without':>10} {'with μ':>10} {'gap':>10} {'B_xx':>8} {'B_xs':>8} {'B_sx':>8} {'B_ss':>8}")
+    if means is None:
+        where = f"μ ~ N(0, τ² I), tau={args.tau}"
+    else:
+        where = f"μ one of K={args.means} means drawn from N(0, τ² I) (tau={args.tau}, seed {args.seed})"
+    print(f"optimal one-layer LSA loss, mean-shifted regression d={args.d}, {where}, noise_std={args.noise}")
+    if args.descriptor == "mean":
+        print("B* blocks (multiples of I for Gaussian μ): ŷ = h_xᵀ(B_xx x_q + B_xs μ) + ȳ μᵀ(B_sx x_q + B_ss μ)")
+        label = "with μ"
+    else:
+        print("B* blocks fitted as B_xx = c I, B_xs = c Mᵀ, B_sx = c M, B_ss = c M Mᵀ (M: the K × d means);")
+        print("  one-hot s, μ = Mᵀs: ŷ = h_xᵀ(B_xx x_q + B_xs s) + ȳ sᵀ(B_sx x_q + B_ss s)")
+        label = "one-hot"
+    print(f"{'n':>6} {'without':>10} {label:>10} {'gap':>10} {'B_xx':>8} {'B_xs':>8} {'B_sx':>8} {'B_ss':>8}")
     for r in rows:
         print(
             f"{r['n']!s:>6} {r['without']:10.5g} {r['with']:10.5g} {r['gap']:10.5g} "
@@ -281,6 +347,8 @@ def cmd_descriptors(args: argparse.Namespace) -> int:
 def cmd_nonlinear(args: argparse.Namespace) -> int:
     from iclab.theory.nonlinear import RESPONSES, nonlinear_loss, nonlinear_optimum
 
+    check_flag("--d", args.d, ge=1, integer=True)
+    _check_memory("nonlinear", args.d)
     n = _parse_n(args.n)
     rows = []
     for response in RESPONSES:
@@ -345,18 +413,24 @@ def register(verbs: argparse._SubParsersAction) -> None:
     flow.add_argument("--sgd-steps", type=int, default=0, help="also run SGD for this many steps (default 0)")
     flow.add_argument("--sgd-lr", type=float, default=0.005, help="SGD step size (default 0.005)")
     flow.add_argument("--sgd-batch", type=int, default=1000, help="SGD prompts per step (default 1000)")
-    flow.add_argument("--out", default="flow.png", help="figure path (default flow.png)")
+    flow.add_argument("--out", metavar="PNG", help="write the figure here (default: no figure)")
     flow.add_argument("--json", action="store_true", help="print JSON")
     flow.set_defaults(func=cmd_flow)
 
     desc = sub.add_parser(
         "descriptors",
         allow_abbrev=False,
-        help="optimal loss with vs without the mean descriptor",
-        description="μ ~ N(0, τ² I), x ~ N(μ, I), w ~ N(0, I): optimal one-layer LSA with and without μ.",
+        help="optimal loss with vs without a task descriptor (the mean, or a one-hot index of K means)",
+        description="x ~ N(μ, I), w ~ N(0, I) with μ ~ N(0, τ² I) or one of K fixed means (--means K, drawn "
+        "from N(0, τ² I) as a run with seed=--seed task.n_means=K draws them): optimal one-layer LSA with and "
+        "without the descriptor (--descriptor mean: μ; onehot: the index of μ, needs --means). Losses within "
+        "1e-9 of E y² of 0 print as 0.",
     )
     desc.add_argument("--d", type=int, default=5, help="input dimension (default 5)")
     desc.add_argument("--tau", type=float, default=1.0, help="std τ of the task mean (default 1)")
+    desc.add_argument("--descriptor", default="mean", help="mean (default) or onehot: what the model is given")
+    desc.add_argument("--means", type=int, default=0, help="K fixed means (default 0: Gaussian μ)")
+    desc.add_argument("--seed", type=int, default=0, help="seed of the K fixed means (default 0)")
     desc.add_argument("--n", default="5,10,20,40,80,inf", help="context lengths, comma-separated (inf allowed)")
     desc.add_argument("--noise", type=float, default=0.0, help="label noise std σ (default 0)")
     desc.add_argument("--json", action="store_true", help="print JSON")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from iclab.errors import UserError
 from iclab.registry import MODELS, TASKS, Registry
@@ -26,6 +26,7 @@ MAX_STEPS = 10**9  # a count of steps that can finish (days at a millisecond a s
 MAX_METRICS_ROWS = 100_000  # rows of metrics.csv, all held in the checkpoint
 MAX_CONFIG_BYTES = 2**20  # a config file is a few hundred bytes of YAML
 MAX_CONFIG_DEPTH = 16  # nesting of a config file (its sections are 3 deep)
+MAX_ENSEMBLE = 1024  # members of one batched ensemble (train.ensemble)
 
 
 class ConfigError(UserError):
@@ -126,8 +127,10 @@ class TrainConfig(Section):
 
     steps: int = Field(4000, ge=0, le=MAX_STEPS, description="optimiser steps")
     batch_size: int = Field(1024, ge=1, description="prompts per step")
-    objective: Literal["query", "all_prefixes"] = Field(
-        "query", description="loss at the queries, or averaged over every context prefix 1..n (Garg et al.)"
+    objective: Literal["query", "all_prefixes", "next_example"] = Field(
+        "query",
+        description="loss at the queries; averaged over every context prefix 1..n; or over each next example's "
+        "label from the ones before it (Garg et al.'s sequence loss, one causal pass for GPT-2)",
     )
     lr: float = Field(1e-2, gt=0.0, description="Adam learning rate")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule")
@@ -140,7 +143,40 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1000, ge=1, le=MAX_STEPS, description="steps between checkpoints")
     log_every: int = Field(50, ge=1, le=MAX_STEPS, description="steps between metrics rows")
     diverge_loss: float = Field(1e8, gt=0.0, description="a training loss above this (or NaN/inf) stops the run")
+    ensemble: int = Field(
+        1, ge=1, le=MAX_ENSEMBLE,
+        description="E members trained as one batched ensemble, seeds seed..seed+E-1, each equal to its run alone "
+        "and in its own run dir (iclab train --out DIR: DIR/member-0, DIR/member-1, …)",
+    )  # fmt: skip
+    ensemble_lrs: tuple[float, ...] | None = Field(
+        None, description="one learning rate per member, replacing train.lr (none: train.lr for every member)"
+    )
+    loggers: tuple[Literal["tensorboard", "wandb"], ...] = Field(
+        (), description="experiment trackers logging each metrics row (W&B offline unless WANDB_MODE is set)"
+    )
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _none_is_no_logger(cls, value: Any) -> Any:
+        """``train.loggers=none`` (or a YAML null) is no logger."""
+        if value is None or (isinstance(value, list) and len(value) == 1 and str(value[0]).lower() in NONE_WORDS):
+            return ()
+        return value
+
+    @model_validator(mode="after")
+    def _members(self) -> TrainConfig:
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ValueError(f"train.loggers names a logger twice, got {','.join(self.loggers)}")
+        lrs = self.ensemble_lrs
+        if lrs is not None:
+            if self.ensemble < 2:
+                raise ValueError("train.ensemble_lrs needs train.ensemble >= 2 (a learning rate per member), got 1")
+            if len(lrs) != self.ensemble:
+                raise ValueError(f"train.ensemble_lrs must have train.ensemble={self.ensemble} entries, got {len(lrs)}")
+            if not all(lr > 0 for lr in lrs):
+                raise ValueError(f"train.ensemble_lrs must be > 0, got {','.join(f'{lr:g}' for lr in lrs)}")
+        return self
 
 
 class EvalConfig(Section):
@@ -272,7 +308,15 @@ def _message(error: dict, cls: type[Section], prefix: str, container: Any, value
         return f"{key} must be one of {', '.join(map(str, typing.get_args(inner)))}; got {_quote(value)}"
     if kind == "finite_number":
         return f"{key} must be a finite number, got {_quote(value)}"
+    if _literal_items(inner):
+        return f"{key} must be a comma-separated list of {', '.join(_literal_items(inner))}; got {_quote(value)}"
     return f"{key} must be {_type_name(inner)}, got {_quote(value)}"
+
+
+def _literal_items(annotation: Any) -> tuple[str, ...]:
+    """The words of ``tuple[Literal[...], ...]`` (empty for any other annotation)."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is tuple else ()
+    return tuple(map(str, typing.get_args(args[0]))) if args and typing.get_origin(args[0]) is Literal else ()
 
 
 def validate_section(cls: type[Section], data: Any, prefix: str = "") -> Section:
@@ -474,7 +518,7 @@ def _default_text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}" if math.isfinite(value) else str(value)
     if isinstance(value, tuple):
-        return ",".join(f"{v:g}" for v in value)
+        return ",".join(v if isinstance(v, str) else f"{v:g}" for v in value) or "none"
     return str(value)
 
 
@@ -482,7 +526,7 @@ def _allowed_text(annotation: Any) -> str:
     inner = _inner(annotation)
     if typing.get_origin(inner) is Literal:
         return "|".join(map(str, typing.get_args(inner)))
-    return ""
+    return ",".join(_literal_items(inner))
 
 
 class KeyRow(NamedTuple):

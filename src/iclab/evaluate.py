@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from iclab.learners.base import Learner
 from iclab.prompts import Prompts
+
+if TYPE_CHECKING:
+    from iclab.tasks.base import Sampler
 
 TAIL_FRACTION = 0.001  # the "top 0.1 %" of prompts whose share of the loss is reported
 HEAVY_TAIL_FACTOR = 50.0  # heavy: those prompts carry more than 50 times their share (5 % of the loss)
@@ -177,6 +181,28 @@ def query_loss_stats(learner: Learner, prompts: Prompts, chunk_size: int = 8192,
     stats = loss_statistics(per_prompt_loss(learner, prompts, chunk_size), seed=seed)
     mean, sem, low, high, top_share = (float(v) for v in stats)
     return LossStats(mean, sem, low, high, top_share, prompts.batch)
+
+
+def sampled_loss_stats(
+    learner: Learner,
+    task: Sampler,
+    count: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    chunk_size: int = 8192,
+    seed: int = 0,
+) -> LossStats:
+    """:func:`query_loss_stats` on ``count`` fresh prompts of ``task`` drawn ``chunk_size`` at a time from
+    ``generator`` (the prompts of ``task.sample_in_chunks``), each chunk dropped once its losses are taken: the
+    memory is one chunk of prompts and 8 bytes per prompt, whatever ``count``."""
+    losses = []
+    for start in range(0, count, chunk_size):
+        prompts = task.sample(min(chunk_size, count - start), generator, dtype=dtype).to(device)
+        losses.append(per_prompt_loss(learner, prompts, chunk_size))
+    stats = loss_statistics(torch.cat(losses), seed=seed)
+    mean, sem, low, high, top_share = (float(v) for v in stats)
+    return LossStats(mean, sem, low, high, top_share, count)
 
 
 def error_curve(learner: Learner, prompts: Prompts, chunk_size: int = 256, seed: int = 0) -> ErrorCurve:

@@ -2,13 +2,14 @@
 
 :func:`training_memory` runs what a training run holds at its peak on PyTorch's ``meta`` device, where tensors
 have shapes but no data, so nothing is allocated: the task's fixed parts, the model, the held-out set, one
-training step (forward and backward), an evaluation chunk and the final evaluation set. A dispatch mode adds up
-the bytes of the tensor storages alive at each moment, so the peak is measured for any task or model family,
-not guessed per family; AdamW's two moments and the copies a checkpoint makes are added to it (they are made
-outside the traced code). Within 25% of the peak memory of real runs of LSA and softmax attention, 40% of GPT-2
-(whose attention kernel on the CPU keeps less or more than the meta kernel; tests/test_hardening.py), except where a
-loop over context prefixes fragments glibc's heap (train.objective=all_prefixes with a model that has no
-one-pass predict_prefixes: the RSS reaches 2.4 times the live tensors). A model with more than 16 layers is
+training step (forward and backward), an evaluation chunk and the final evaluation (streamed: one chunk of
+prompts and a float64 loss per prompt). A dispatch mode adds up the bytes of the tensor storages alive at each
+moment, so the peak is measured for any task or model family, not guessed per family; AdamW's two moments and
+the copies a checkpoint makes are added to it (they are made outside the traced code). What it does not see
+(glibc's heap, the CPU kernels' work space) puts real peaks at 1.0–1.7 times the estimate for LSA runs of a
+few hundred MiB (tests/test_hardening.py checks a factor of 2.5), more where a loop over context prefixes
+fragments the heap (train.objective=all_prefixes with a model that has no one-pass predict_prefixes: 2.4
+times the live tensors). A model with more than 16 layers is
 traced at 8 and 16 layers and extrapolated (memory grows linearly with depth; tracing 10⁵ layers would take
 minutes). :func:`check_memory` refuses a request above the free memory of the device: on a CPU the smallest of
 the memory the kernel reports available, the cgroup's limit and the address-space limit (``ulimit -v``); on a
@@ -166,8 +167,10 @@ def _traced_peak(cfg: Config, objective: Any) -> _LiveBytes:
         live.spike(10 * params)  # weights and moments: serialised, taken out, put behind the checksum; model file
         live.phase = "the evaluation"
         from_model(model).predict(*_inputs(heldout.slice(0, chunk)))
-        final = task.sample_in_chunks(cfg.eval.batch_size, generator, dtype)
-        from_model(model).predict(*_inputs(final.slice(0, chunk)))
+        live.phase = "the final evaluation"  # streamed: one chunk of prompts and a float64 loss per prompt
+        live.hold(8 * cfg.eval.batch_size)
+        final = task.sample(min(chunk, cfg.eval.batch_size), generator, dtype=dtype)
+        from_model(model).predict(*_inputs(final))
     return live
 
 

@@ -55,6 +55,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FIGURES_DIR = "figures"
 LOSS_FIGURE = f"{FIGURES_DIR}/loss.png"
 MANIFEST_FILE = "manifest.json"
+WEIGHTS_METADATA = "iclab"  # model.safetensors' one metadata key: {"sha256": …, "step": …} as JSON
 LOCK_FILE = ".iclab.lock"
 TEMP_MARK = ".tmp-"
 CHECKPOINT_MAGIC = b"ICLABCK1"
@@ -319,6 +320,28 @@ def locked_run_dir(run_dir: Path, wait: bool = False, log: Callable[[str], None]
         lock.release()
 
 
+@contextmanager
+def run_outputs(run_dir: Path, wait: bool = False) -> Iterator[Path]:
+    """A staging folder for files an analysis adds to a run dir (``eval.json``, ``figures/error_curve.png``,
+    ``probe/…``; write them under the names they take in the run dir). On leaving without an error they are
+    committed into ``run_dir`` as one group of manifest.json (:meth:`RunFiles.commit`), under the run dir's
+    lock, so that ``check`` and readers verify them like the training files. The run dir must be intact (a
+    damaged file raises RunDirError); one of an iclab before digests gets plain atomic writes."""
+    run_dir = Path(run_dir)
+    with tempfile.TemporaryDirectory(prefix="iclab-outputs-") as folder:
+        staging = Path(folder)
+        yield staging
+        blobs = {path.relative_to(staging).as_posix(): path.read_bytes()
+                 for path in sorted(staging.rglob("*")) if path.is_file()}  # fmt: skip
+        with locked_run_dir(run_dir, wait=wait):
+            manifest = read_manifest(run_dir)
+            if manifest is None:
+                for name, data in blobs.items():
+                    atomic_write_bytes(run_dir / name, data)
+            else:
+                RunFiles(run_dir, settle(run_dir, file_states(run_dir, manifest))).commit(blobs)
+
+
 def is_run_dir(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds an iclab run (its config or its manifest)."""
     return (Path(run_dir) / CONFIG_FILE).exists() or (Path(run_dir) / MANIFEST_FILE).exists()
@@ -435,11 +458,13 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def model_files(model: torch.nn.Module, cfg: Config, step: int) -> dict[str, bytes]:
-    """``model.safetensors`` (step and digest in its metadata) and its sidecar ``model.json``, as bytes."""
+    """``model.safetensors`` (step and digest in its metadata) and its sidecar ``model.json``, as bytes. The
+    metadata is one key (``iclab``: JSON of step and digest): safetensors writes several keys in an order that
+    changes from process to process, and the same run must give the same bytes."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     digest = tensor_digest(tensors)
     return {
-        MODEL_FILE: save(tensors, metadata={"step": str(step), "sha256": digest}),
+        MODEL_FILE: save(tensors, metadata={WEIGHTS_METADATA: json.dumps({"sha256": digest, "step": step})}),
         SIDECAR_FILE: json_bytes({"config": config_to_dict(cfg), "step": step, "sha256": digest}),
     }
 
@@ -468,8 +493,10 @@ def read_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], int]:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
-        stored, step = metadata["sha256"], int(metadata["step"])
-    except (SafetensorError, OSError, ValueError, KeyError) as err:
+        if WEIGHTS_METADATA in metadata:
+            metadata = json.loads(metadata[WEIGHTS_METADATA])
+        stored, step = str(metadata["sha256"]), int(metadata["step"])  # (iclab 0.1 wrote the two keys as they are)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
         raise RunDirError(f"{path} is corrupted and cannot be read ({err})") from None
     if tensor_digest(tensors) != stored:
         raise RunDirError(f"{path} is corrupted: its contents do not match the checksum written with them")

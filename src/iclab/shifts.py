@@ -20,9 +20,9 @@ from torch import Tensor
 from iclab.errors import UsageError
 from iclab.evaluate import error_curve
 from iclab.learners import LeastSquares, from_model
-from iclab.plots import save_figure
+from iclab.plots import caption, config_caption, count_axis, outside_legend, save_figure
 from iclab.prompts import Prompts
-from iclab.rundir import FIGURES_DIR, atomic_write_text
+from iclab.rundir import FIGURES_DIR, atomic_write_text, run_outputs
 from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
@@ -123,7 +123,7 @@ def evaluate_shifts(run_dir: str | Path, names: list[str], batch_size: int = 128
     zero-predictor error; writes shifts.csv and figures/shifts.png into the run dir. Needs prompts that carry
     w (linear tasks); UsageError otherwise."""
     run_dir = Path(run_dir)
-    model, cfg, _ = load_model(run_dir, device=device)
+    model, cfg, step = load_model(run_dir, device=device)
     task = make_task(cfg.task, cfg.seed)
     base = task.sample_in_chunks(batch_size, make_generator(cfg.seed, "shifts"), torch.float64)
     if base.w is None:
@@ -140,29 +140,43 @@ def evaluate_shifts(run_dir: str | Path, names: list[str], batch_size: int = 128
                 rows.append({"shift": name, "learner": learner.name, "k": k, "mse": mse, "sem": sem,
                              "normalised": mse / unit})  # fmt: skip
     table = pd.DataFrame(rows)
-    atomic_write_text(run_dir / "shifts.csv", table.to_csv(index=False))
-    plot_shifts(table, run_dir / FIGURES_DIR / "shifts.png", f"{run_dir.name}: {cfg.model.name} on {cfg.task.name}")
+    with run_outputs(run_dir) as staging:  # recorded in the run dir's manifest.json
+        atomic_write_text(staging / "shifts.csv", table.to_csv(index=False))
+        plot_shifts(table, staging / FIGURES_DIR / "shifts.png", f"{run_dir.name}: {cfg.model.name} on "
+                    f"{cfg.task.name}", config_caption(cfg, run_dir, step))  # fmt: skip
     return table
 
 
-def plot_shifts(table: pd.DataFrame, path: Path, title: str) -> None:
-    """One panel per shift: normalised error against the number of examples, model and least squares."""
+SHIFT_FLOOR = 1e-6  # normalised errors below this (exact solvers) are drawn at it
+
+
+def plot_shifts(table: pd.DataFrame, path: Path, title: str, caption_text: str = "") -> None:
+    """One panel per shift: normalised error against the number of examples, model and least squares (values
+    below 1e-6 clipped, the panel's title says which), one legend to the right of the first row."""
     shifts = list(dict.fromkeys(table["shift"]))
     columns = 4
     rows = -(-len(shifts) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False, sharey=True,
+                             layout="constrained")  # fmt: skip
     for ax, shift in zip(axes.flat, shifts, strict=False):
+        clipped = []
         for learner, curve in table[table["shift"] == shift].groupby("learner", sort=False):
-            ax.plot(curve["k"], curve["normalised"].clip(lower=1e-6), label=learner)
+            ax.plot(curve["k"], curve["normalised"].clip(lower=SHIFT_FLOOR), label=learner)
+            if (curve["normalised"] < SHIFT_FLOOR).any():
+                clipped.append(learner)
         ax.set_yscale("log")
-        ax.set_title(shift, fontsize=9)
+        note = f"\n({', '.join(clipped)} clipped at {SHIFT_FLOOR:g})" if clipped else ""
+        ax.set_title(shift + note, fontsize=9 if not clipped else 8)
         ax.set_xlabel("in-context examples")
+        count_axis(ax.xaxis)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(shifts) :]:
         ax.axis("off")
     axes[0][0].set_ylabel("normalised error")
-    axes[0][0].legend(fontsize=7)
+    outside_legend(axes[0][-1], *axes[0][0].get_legend_handles_labels())
     fig.suptitle(title, fontsize=10)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)
 
 

@@ -5,8 +5,11 @@ described in :mod:`iclab.rundir`, and returns its summary. It first measures the
 (:mod:`iclab.limits`) and refuses a run the machine cannot hold; it holds the run dir's lock while writing it.
 NaN/inf or a loss above train.diverge_loss stops the run (TrainingDiverged, with advice that fits the cause);
 SIGINT/SIGTERM save a checkpoint and stop it (TrainingInterrupted). The task, the model, the objective and the
-per-step callbacks (metrics rows and held-out evaluation, checkpoints, anything of the caller's) are seams:
-``train`` builds them from the config unless they are passed in.
+per-step callbacks (metrics rows and held-out evaluation, checkpoints, the trackers of train.loggers
+(:mod:`iclab.tracking`), anything of the caller's) are seams: ``train`` builds them from the config unless they
+are passed in. A step is :func:`begin_step` (learning rate, curriculum, batch), the forward and backward pass,
+:func:`diverging`, clipping and AdamW, then :func:`end_step` (counts, callbacks); :mod:`iclab.ensemble` trains
+``train.ensemble`` runs with the same pieces around one batched forward and backward.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import torch
 from tqdm import tqdm
 
 from iclab.config import Config, config_to_dict
-from iclab.evaluate import query_loss
+from iclab.errors import UserError
+from iclab.evaluate import query_loss, sampled_loss_stats
 from iclab.interrupts import stop_requests
 from iclab.learners import ModelLearner, from_model
 from iclab.limits import check_training_memory
-from iclab.models import InContextModel, build_model
+from iclab.models import InContextModel, build_model, run_with_cache
 from iclab.objectives import OBJECTIVES, Objective
-from iclab.plots import plot_training
+from iclab.plots import config_caption, plot_training
 from iclab.prompts import Prompts
 from iclab.resume import (
     RunDirSetup,
@@ -55,6 +59,7 @@ from iclab.rundir import (
 from iclab.seeding import make_generator
 from iclab.tasks import Sampler, make_task
 from iclab.theory import isotropic_reference
+from iclab.tracking import check_loggers, close_callbacks, logger_callbacks
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -169,10 +174,11 @@ class Checkpoints:
             run.checkpoint_step = step
 
 
-def default_callbacks() -> list[Callback]:
+def default_callbacks(cfg: Config | None = None) -> list[Callback]:
     """The callbacks ``train`` uses unless given others: metrics rows and held-out evaluation, then
-    checkpoints (the checkpoint holds the rows of its step)."""
-    return [MetricsRows(), Checkpoints()]
+    checkpoints (the checkpoint holds the rows of its step), then a logger per ``cfg.train.loggers``
+    (:mod:`iclab.tracking`)."""
+    return [MetricsRows(), Checkpoints(), *(logger_callbacks(cfg) if cfg is not None else [])]
 
 
 def divergence_advice(run: TrainingRun, batch: Prompts, loss_value: float) -> str:
@@ -181,15 +187,44 @@ def divergence_advice(run: TrainingRun, batch: Prompts, loss_value: float) -> st
     tensors = [t for t in (batch.xs, batch.ys, batch.xq, batch.yq, batch.descriptor) if t is not None]
     if not all(bool(torch.isfinite(t).all()) for t in tensors):
         return "the prompts of this step hold NaN/inf: check the task's settings (or the sampler passed in)"
+    labels_in_exp = getattr(run.cfg.model, "activation", None) == "exp" and run.cfg.model.param == "full"
+    exp_advice = (
+        "exp attention with model.param=full reads the labels in its scores, and exp(c·y_i·y_j) has no finite mean "
+        "for Gaussian labels once c ≥ 1/E y² (a smaller init or step size only delays the overflow): set "
+        "model.param=sparse (scores from the inputs only, as in Cheng et al.)"
+    )
     if run.state.step == 0:  # the very first step: the initial weights
         what = "is not finite" if not math.isfinite(loss_value) else f"is already {loss_value:.3g}"
-        return (
-            f"the loss {what} at initialisation (the forward pass overflows with the initial weights): lower "
-            "the initial scale (model.init_scale, where the model family has it)"
+        where = overflow_site(run.model, batch.slice(0, min(batch.batch, 64)))
+        scale = getattr(run.cfg.model, "init_scale", None)
+        lower = (
+            f"lower model.init_scale (now {scale:g}, e.g. {scale / 10:g})"
+            if scale
+            else "lower the initial scale (model.init_scale, where the model family has it)"
         )
+        advice = exp_advice if labels_in_exp else lower
+        overflow = f"the forward pass overflows with the initial weights{where}"
+        return f"the loss {what} at initialisation ({overflow}): {advice}"
+    if labels_in_exp:
+        return exp_advice
     if run.cfg.train.grad_clip is not None:
         return f"gradients are already clipped at {run.cfg.train.grad_clip:g}: lower train.lr (or add warm-up)"
     return "set train.grad_clip (e.g. 1.0) or lower train.lr"
+
+
+@torch.no_grad()
+def overflow_site(model: InContextModel, prompts: Prompts) -> str:
+    """``: blocks.1.attn.scores reach 5.7e+37, blocks.1.attn.weights is not finite``: in forward order, the
+    first hook point whose values are not finite and the largest |value| of the one before it; "" when every
+    hook stays finite (or the model has none)."""
+    _, cache = run_with_cache(model, lambda: model.predict(prompts.xs, prompts.ys, prompts.xq, prompts.descriptor))
+    previous = None
+    for name, value in cache.items():
+        if not bool(torch.isfinite(value).all()):
+            before = f"{previous[0]} reach {previous[1]:.2g}, " if previous is not None else ""
+            return f": {before}{name} is not finite"
+        previous = (name, float(value.abs().max())) if value.numel() else previous
+    return ""
 
 
 def train(
@@ -219,7 +254,13 @@ def train(
     device has free) or RunDirError (see :func:`iclab.resume.prepare_run_dir`).
     """
     out = Path(out)
+    if cfg.train.ensemble > 1:
+        raise UserError(
+            f"train.ensemble={cfg.train.ensemble} trains several run dirs: use iclab.ensemble.train_ensemble (what "
+            "iclab train does with it)"
+        )
     objective = OBJECTIVES[cfg.train.objective] if objective is None else objective
+    check_loggers(cfg)
     refuse_unusable_out(out)
     try:  # a finished run is "already done" untouched (its lock included), whatever its size
         setup = prepare_run_dir(cfg, out)
@@ -231,54 +272,76 @@ def train(
             setup = prepare_run_dir(cfg, out)
             if setup.status != "done":
                 run = _start(cfg, out, setup, device, task, model, log)
-                callbacks = default_callbacks() if callbacks is None else list(callbacks)
-                return _loop(run, device, progress, objective, callbacks)
+                callbacks = default_callbacks(cfg) if callbacks is None else list(callbacks)
+                try:
+                    return _loop(run, device, progress, objective, callbacks)
+                finally:
+                    close_callbacks(callbacks)
     log(f"already done: {out} holds a finished run with this config")
     return setup.summary
 
 
 def _loop(run: TrainingRun, device: str, progress: bool, objective: Objective, callbacks: list[Callback]) -> dict:
     """Train ``run`` to its last step, then finish it (:func:`_finish`)."""
-    cfg = run.cfg
-    tc, state, dtype = cfg.train, run.state, DTYPES[cfg.train.dtype]
-
+    cfg, state = run.cfg, run.state
     started = time.time()
-    bar = tqdm(total=tc.steps, initial=state.step, disable=not progress, desc="train", mininterval=0.5)
+    bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not progress, desc="train", mininterval=0.5)
     with stop_requests() as request:
         run.stop_request = request
         while not run.finished:
-            run.lr = learning_rate(cfg, state.step)
-            for group in run.optimizer.param_groups:
-                group["lr"] = run.lr
-            run.n, run.d_active = curriculum_sizes(cfg, state.step)
-            batch = run.task.sample(tc.batch_size, run.generator, n=run.n, d_active=run.d_active, dtype=dtype)
-            batch = batch.to(device)
+            batch = begin_step(run, device)
             loss = objective(run.model, batch)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_value, grad_norm = loss.item(), _grad_norm(run.model)
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or loss_value > tc.diverge_loss:
+            if diverging(cfg, loss_value, grad_norm):
                 bar.close()
                 raise _diverged(run, batch, loss_value, grad_norm, started)
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
             run.optimizer.step()
-            state.step += 1
-            state.window.add(loss_value)
-            run.loss = loss_value
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             bar.update(1)
-            for callback in callbacks:
-                callback.on_step(run)
+            end_step(run, loss_value, callbacks)
             if request:
                 bar.close()
-                raise TrainingInterrupted(
-                    f"{request['signal']}: stopped at step {state.step} with a checkpoint; rerun the same "
-                    "command to resume",
-                    state.step,
-                )
+                raise interrupted(request, state.step)
     bar.close()
     return _finish(run, device, started)
+
+
+def begin_step(run: TrainingRun, device: str) -> Prompts:
+    """The learning rate (set on the optimiser too) and the curriculum's sizes of the step ``run.state.step``,
+    set on ``run``; the step's batch, drawn from the run's generator."""
+    cfg, step = run.cfg, run.state.step
+    run.lr = learning_rate(cfg, step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.lr
+    run.n, run.d_active = curriculum_sizes(cfg, step)
+    dtype = DTYPES[cfg.train.dtype]
+    return run.task.sample(cfg.train.batch_size, run.generator, n=run.n, d_active=run.d_active, dtype=dtype).to(device)
+
+
+def diverging(cfg: Config, loss_value: float, grad_norm: float) -> bool:
+    """Whether a step's loss and gradient norm (before clipping) stop the run: NaN/inf or a loss above
+    train.diverge_loss."""
+    return not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or loss_value > cfg.train.diverge_loss
+
+
+def end_step(run: TrainingRun, loss_value: float, callbacks: Sequence[Callback]) -> None:
+    """Count the step (its optimiser step taken) and its loss, then run the callbacks."""
+    run.state.step += 1
+    run.state.window.add(loss_value)
+    run.loss = loss_value
+    for callback in callbacks:
+        callback.on_step(run)
+
+
+def interrupted(request: dict, step: int) -> TrainingInterrupted:
+    """The error a stop request (SIGINT/SIGTERM) raises once the checkpoints of ``step`` are written."""
+    return TrainingInterrupted(
+        f"{request['signal']}: stopped at step {step} with a checkpoint; rerun the same command to resume", step
+    )
 
 
 def _start(
@@ -330,15 +393,18 @@ def _finish(run: TrainingRun, device: str, started: float) -> dict:
     cfg = run.cfg
     if cfg.train.steps == 0:
         write_checkpoint(run.files, cfg, run.model, run.optimizer, run.generator, run.state)
-    final = run.task.sample_in_chunks(cfg.eval.batch_size, make_generator(cfg.seed, "final"), DTYPES[cfg.train.dtype])
-    final_loss, final_sem = query_loss(run.learner, final.to(device))
+    final = sampled_loss_stats(run.learner, run.task, cfg.eval.batch_size, make_generator(cfg.seed, "final"),
+                               DTYPES[cfg.train.dtype], device)  # fmt: skip
     blobs = {}
     if run.state.rows:
         with tempfile.TemporaryDirectory() as folder:
             figure = Path(folder) / "loss.png"
-            plot_training(pd.DataFrame(run.state.rows), figure, isotropic_reference(cfg.task))
+            plot_training(pd.DataFrame(run.state.rows), figure, isotropic_reference(cfg.task),
+                          config_caption(cfg, run.out, run.state.step))  # fmt: skip
             blobs[LOSS_FIGURE] = figure.read_bytes()
-    summary = _summary(cfg, run.state, "finished", started, final_eval_loss=final_loss,
-                       final_eval_sem=_finite_or_none(final_sem))  # fmt: skip
+    summary = _summary(cfg, run.state, "finished", started, final_eval_loss=final.mean,
+                       final_eval_sem=_finite_or_none(final.sem), final_eval_low=_finite_or_none(final.low),
+                       final_eval_high=_finite_or_none(final.high), final_eval_confidence=final.confidence,
+                       final_eval_top_share=final.top_share, final_eval_heavy_tail=final.heavy_tail)  # fmt: skip
     run.files.commit({**blobs, SUMMARY_FILE: json_bytes(summary)})
     return summary

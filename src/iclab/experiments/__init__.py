@@ -13,13 +13,13 @@ import shlex
 from pathlib import Path
 
 from iclab.errors import UsageError
-from iclab.experiments import functional_gd, garg, mlp_lsa, newton, nonlinear_responses
+from iclab.experiments import functional_gd, garg, mahankali, mlp_lsa, newton
 from iclab.experiments.grid import Executor, execute
 from iclab.experiments.recipe import Recipe, RunSpec
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
-    for recipe in (functional_gd.RECIPE, mlp_lsa.RECIPE, newton.RECIPE, nonlinear_responses.RECIPE, garg.RECIPE)
+    for recipe in (functional_gd.RECIPE, mlp_lsa.RECIPE, newton.RECIPE, mahankali.RECIPE, garg.RECIPE)
 }
 
 __all__ = ["RECIPES", "Executor", "Recipe", "RunSpec", "list_run_commands", "reproduce"]

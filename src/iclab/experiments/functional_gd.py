@@ -26,7 +26,7 @@ from iclab.experiments.grid import load_finished, report_text, training_override
 from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.kernels import Kernel
 from iclab.learners import FunctionalGD, GPPosterior, from_model
-from iclab.plots import save_figure
+from iclab.plots import below_legend, caption, count_axis, recipe_caption, save_figure
 from iclab.probe.matching import relative_difference
 from iclab.probe.readout import LayerReadout
 from iclab.prompts import Prompts
@@ -153,8 +153,9 @@ def claim_checks(results: pd.DataFrame) -> dict[str, bool]:
     return checks
 
 
-def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path) -> None:
-    """heatmap.png (loss / zero-predictor loss, deepest models), layers.png, context.png."""
+def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path, caption_text: str = "") -> None:
+    """heatmap.png (loss / zero-predictor loss, deepest models), layers.png, context.png; legends under the
+    panels, integer ticks on the layer and example axes, ``caption_text`` under each figure."""
     deepest = results[results["layers"] == max(size.layers)]
     table = (
         deepest.pivot(index="activation", columns="kernel", values="loss")
@@ -169,6 +170,8 @@ def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path)
     ax.set_yticks(range(len(size.activations)), [f"{a} attention" for a in size.activations])
     ax.set_title(f"loss / zero-predictor loss, {max(size.layers)} layer(s), n={size.n}")
     fig.colorbar(image, ax=ax)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, figures / "heatmap.png")
 
     fig, axes = plt.subplots(1, len(size.kernels), figsize=(4.2 * len(size.kernels), 3.6), squeeze=False)
@@ -183,7 +186,9 @@ def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path)
         ax.set_xlabel("layers")
         ax.set_ylabel("query MSE")
         ax.set_xticks(list(size.layers))
-    axes[0][0].legend(fontsize=7)
+        below_legend(ax)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, figures / "layers.png")
 
     fig, axes = plt.subplots(1, len(size.kernels), figsize=(4.2 * len(size.kernels), 3.6), squeeze=False)
@@ -195,7 +200,10 @@ def plot_results(size: Size, results: pd.DataFrame, curves: dict, figures: Path)
         ax.set_title(f"{kernel}-kernel data, {max(size.layers)} layer(s)")
         ax.set_xlabel("number of in-context examples")
         ax.set_ylabel("query MSE")
-    axes[0][0].legend(fontsize=7)
+        count_axis(ax.xaxis)
+        below_legend(ax)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, figures / "context.png")
 
 
@@ -206,11 +214,11 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
     checks = claim_checks(results)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
     atomic_write_text(out / "layer_match.csv", matches.to_csv(index=False))
-    plot_results(size, results, curves, out / "figures")
+    setting = "x uniform on the sphere; noise-free GP labels; exp kernel scale 1; kernel attention, sparse form"
+    plot_results(size, results, curves, out / "figures", recipe_caption("functional_gd", size_name, out, size, setting))
     tables = {"Query MSE (mean over test prompts)": results}
     if len(matches):
         tables["Layer ℓ read-out vs ℓ steps of functional GD (best step size per layer)"] = matches
-    setting = "x uniform on the sphere; noise-free GP labels; exp kernel scale 1; kernel attention, sparse form"
     atomic_write_text(
         out / "report.md", report_text("Functional GD reproduction", size_name, size, setting, tables, checks)
     )

@@ -4,9 +4,10 @@ two-layer ReLU networks, and better than greedy or boosted trees on decision tre
 
 Setting (PAPERS.md): x, w ~ N(0, I_d); contexts of 2d + 1 examples (linear, sparse linear: 3 non-zero
 coordinates) or 5d + 1 (networks of 100 ReLUs, depth-4 trees); GPT-2 read-in/read-out on interleaved
-tokens, the loss averaged over every prefix (``train.objective=all_prefixes``), Adam, batches of 64 fresh
-prompts, the curriculum over d and n at the full size. Errors are normalised so that predicting 0 scores 1
-(divided by E y²: d, or the sparsity), with 90 % bootstrap intervals over the evaluation prompts.
+tokens, the loss of each next example's label from the ones before it (``train.objective=next_example``,
+one causal pass), Adam, batches of 64 fresh prompts, the curriculum over d and n (scaled and full sizes).
+Errors are normalised so that predicting 0 scores 1 (divided by E y²: d, or the sparsity), with 90 %
+bootstrap intervals over the evaluation prompts.
 
 Sizes: ``quick`` (CI: d = 1, one task, a two-layer model, 800 steps), ``scaled`` (d = 5, the four classes,
 Garg's tiny model; fits this 2-core machine), ``full`` (d = 20, the standard 12-layer model, 500k steps:
@@ -28,7 +29,7 @@ from iclab.experiments.grid import load_finished, report_text
 from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.learners import from_model
 from iclab.learners.specs import parse_learner
-from iclab.plots import save_figure
+from iclab.plots import below_legend, caption, count_axis, recipe_caption, save_figure
 from iclab.rundir import atomic_write_text
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
@@ -53,9 +54,12 @@ class Size:
     model: tuple[str, ...]
     steps: int
     lr: float
+    long_steps: int | None = None  # steps for the classes with 5d + 1 examples (networks, trees); None: steps
     batch_size: int = 64
     warmup_steps: int = 0
-    curriculum: bool = False
+    schedule: str = "constant"  # train.lr_schedule
+    curriculum_start: int | None = None  # d at step 0 of the curriculum (None: no curriculum)
+    curriculum_every: int = 2000  # steps per curriculum stage
     eval_prompts: int = 1280
     fitted_prompts: int = 128
 
@@ -63,9 +67,10 @@ class Size:
 QUICK = Size(tasks=("linear",), d=1, model=("model.layers=2", "model.width=32"), steps=800, lr=3e-3,
              eval_prompts=1000)  # fmt: skip
 SCALED = Size(tasks=("linear", "sparse_linear", "relu_net", "decision_tree"), d=5, model=("model.size=tiny",),
-              steps=20_000, lr=1e-3, warmup_steps=500)  # fmt: skip
+              steps=12_000, long_steps=5000, lr=1e-3, warmup_steps=500, schedule="cosine", curriculum_start=2,
+              curriculum_every=1000)  # fmt: skip
 FULL = Size(tasks=("linear", "sparse_linear", "relu_net", "decision_tree"), d=20, model=("model.size=standard",),
-            steps=500_000, lr=1e-4, curriculum=True, fitted_prompts=256)  # fmt: skip
+            steps=500_000, lr=1e-4, curriculum_start=5, fitted_prompts=256)  # fmt: skip
 SIZES = {"quick": QUICK, "scaled": SCALED, "full": FULL}
 
 
@@ -73,15 +78,21 @@ def task_overrides(size: Size, task: str) -> list[str]:
     return [f"task.name={task}", f"task.d={size.d}", f"task.n={CONTEXT[task] * size.d + 1}"]
 
 
+def task_steps(size: Size, task: str) -> int:
+    """Training steps for ``task``: fewer for the long contexts of networks and trees (a step costs more)."""
+    return size.long_steps if size.long_steps is not None and CONTEXT[task] > 2 else size.steps
+
+
 def curriculum_overrides(size: Size, task: str) -> list[str]:
-    """Garg et al.'s curriculum: from 5 dimensions and 11 (or 26) points, 1 dimension and 2 (or 5) points
-    more every 2000 steps."""
-    if not size.curriculum:
+    """Garg et al.'s curriculum: from ``curriculum_start`` dimensions (5 in the paper) and factor·start + 1
+    points, 1 dimension and ``factor`` points more every ``curriculum_every`` steps (2000 in the paper), the
+    unused coordinates zeroed."""
+    if size.curriculum_start is None:
         return []
-    factor = CONTEXT[task]
-    return ["train.curriculum.enabled=true", "train.curriculum.d_start=5", "train.curriculum.d_step=1",
-            f"train.curriculum.n_start={5 * factor + 1}", f"train.curriculum.n_step={factor}",
-            "train.curriculum.every=2000"]  # fmt: skip
+    factor, start = CONTEXT[task], size.curriculum_start
+    return ["train.curriculum.enabled=true", f"train.curriculum.d_start={start}", "train.curriculum.d_step=1",
+            f"train.curriculum.n_start={factor * start + 1}", f"train.curriculum.n_step={factor}",
+            f"train.curriculum.every={size.curriculum_every}"]  # fmt: skip
 
 
 def plan(size_name: str) -> list[RunSpec]:
@@ -94,15 +105,15 @@ def plan(size_name: str) -> list[RunSpec]:
                 *task_overrides(size, task),
                 "model.name=gpt2",
                 *size.model,
-                f"train.steps={size.steps}",
+                f"train.steps={task_steps(size, task)}",
                 f"train.batch_size={size.batch_size}",
                 f"train.lr={size.lr}",
-                "train.lr_schedule=constant",
+                f"train.lr_schedule={size.schedule}",
                 f"train.warmup_steps={size.warmup_steps}",
-                "train.objective=all_prefixes",
-                f"train.log_every={max(size.steps // 100, 1)}",
-                f"train.checkpoint_every={max(size.steps // 10, 1)}",
-                f"eval.every={max(size.steps // 10, 1)}",
+                "train.objective=next_example",
+                f"train.log_every={max(task_steps(size, task) // 100, 1)}",
+                f"train.checkpoint_every={max(task_steps(size, task) // 10, 1)}",
+                f"eval.every={max(task_steps(size, task) // 10, 1)}",
                 "eval.batch_size=1000",
                 *curriculum_overrides(size, task),
             ),
@@ -159,9 +170,9 @@ def claim_checks(size: Size, results: pd.DataFrame) -> dict[str, bool]:
     return checks
 
 
-def plot_curves(results: pd.DataFrame, path: Path) -> None:
+def plot_curves(results: pd.DataFrame, path: Path, caption_text: str = "") -> None:
     """One panel per function class: normalised error (log scale) against the number of examples, 90 %
-    bands; a curve ends where its error is exactly 0."""
+    bands; a curve ends where its error is exactly 0 (the title says so); each panel's legend under it."""
     tasks = list(dict.fromkeys(results["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -175,9 +186,12 @@ def plot_curves(results: pd.DataFrame, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_title(f"{task} (a line ends where the error is 0)", fontsize=9)
         ax.set_xlabel("in-context examples")
+        count_axis(ax.xaxis)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        below_legend(ax)
     axes[0][0].set_ylabel("normalised squared error (zero predictor = 1)")
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)
 
 
@@ -188,13 +202,15 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
     results = pd.concat([curves(size, task, models[f"{task}_gpt2"], device) for task in size.tasks])
     checks = claim_checks(size, results)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
-    plot_curves(results, out / "figures" / "curves.png")
+    curriculum = "the curriculum over d and n, " if size.curriculum_start is not None else ""
+    setting = ("GPT-2 on interleaved tokens, loss of each next example's label (every prefix), "
+               f"Adam ({size.schedule} lr), 64 fresh prompts a step, {curriculum}"
+               f"errors normalised by E y² with {CONFIDENCE:.0%} bootstrap intervals")  # fmt: skip
+    plot_curves(results, out / "figures" / "curves.png", recipe_caption("garg", size_name, out, size, setting))
     picks = sorted({1, size.d, 2 * size.d, int(results["k"].max())})
     table = results[results["k"].isin(picks)].pivot_table(index=["task", "learner"], columns="k",
                                                           values="normalised", sort=False).reset_index()  # fmt: skip
     table.columns = [f"k={c}" if isinstance(c, int) else c for c in table.columns]
-    setting = ("GPT-2 on interleaved tokens, loss over every prefix, Adam (constant lr), 64 fresh prompts a step; "
-               f"errors normalised by E y² with {CONFIDENCE:.0%} bootstrap intervals")  # fmt: skip
     tables = {"Normalised error at selected numbers of examples": table}
     atomic_write_text(out / "report.md", report_text("Garg et al.: GPT-2 in context", size_name, size, setting,
                                                      tables, checks))  # fmt: skip

@@ -23,7 +23,7 @@ from iclab.evaluate import query_loss
 from iclab.experiments.grid import load_finished, report_text, training_overrides
 from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.learners import from_model
-from iclab.plots import save_figure
+from iclab.plots import caption, outside_legend, recipe_caption, save_figure
 from iclab.rundir import atomic_write_text
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
@@ -74,8 +74,9 @@ def plan(size_name: str) -> list[RunSpec]:
     ]
 
 
-def plot_relative_losses(results: pd.DataFrame, path: Path) -> None:
-    """Bars of loss / E[y_q²] per response and model, with the context-mean predictor as a tick."""
+def plot_relative_losses(results: pd.DataFrame, path: Path, caption_text: str = "") -> None:
+    """Bars of loss / E[y_q²] per response and model, with the context-mean predictor as a tick (legend outside
+    the axes)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     width = 0.8 / len(MODELS)
     for i, model in enumerate(MODELS):
@@ -92,7 +93,9 @@ def plot_relative_losses(results: pd.DataFrame, path: Path) -> None:
     )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(means))], [f"y = {r}(wᵀx)" for r in means["response"]])
     ax.set_ylabel("query MSE / E[y_q²]")
-    ax.legend(fontsize=8)
+    outside_legend(ax, fontsize=8)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)
 
 
@@ -122,8 +125,9 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
         "both learn the linear task (relative loss < 0.5)": bool(relative["identity"].max() < 0.5),
     }
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
-    plot_relative_losses(results, out / "figures" / "relative_loss.png")
     setting = "w ~ N(0, I/d); relu labels carry a random sign per prompt; one LSA layer in both models"
+    plot_relative_losses(results, out / "figures" / "relative_loss.png",
+                         recipe_caption("mlp_lsa", size_name, out, size, setting))  # fmt: skip
     tables = {"Query MSE (relative_loss = loss / E[y_q²])": results}
     atomic_write_text(
         out / "report.md", report_text("MLP + LSA reproduction", size_name, size, setting, tables, checks)

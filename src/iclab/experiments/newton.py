@@ -11,16 +11,18 @@ maps of Newton–Schulz and GD for every depth.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from iclab.config import parse_config
 from iclab.experiments.grid import load_finished, report_text, training_overrides
 from iclab.experiments.recipe import Recipe, RunSpec
-from iclab.plots import save_figure
+from iclab.plots import caption, count_axis, outside_legend, recipe_caption, save_figure
 from iclab.probe import ProbeSettings, probe_model, write_probe
 from iclab.rundir import atomic_write_text
 from iclab.tasks import make_task
@@ -42,7 +44,7 @@ class Size:
 
 
 FULL = Size(layers=(1, 2, 3, 4))
-QUICK = Size(layers=(1, 2), d=4, n=12, steps=800, batch_size=256, lr=3e-3, warmup_steps=50, probe_prompts=100,
+QUICK = Size(layers=(1, 2), d=4, n=12, steps=2000, batch_size=256, lr=3e-3, warmup_steps=50, probe_prompts=100,
              max_iterations=8)  # fmt: skip
 SIZES = {"quick": QUICK, "full": FULL}
 
@@ -89,8 +91,9 @@ def claim_checks(maps: pd.DataFrame) -> dict[str, bool]:
     }
 
 
-def plot_maps(maps: pd.DataFrame, path: Path) -> None:
-    """newton_map.png: matched Newton–Schulz iterations and GD steps against the layer, one line per depth."""
+def plot_maps(maps: pd.DataFrame, path: Path, caption_text: str = "") -> None:
+    """newton_map.png: matched Newton–Schulz iterations and GD steps against the layer, one line per depth
+    (integer ticks: both are counts; the legend outside the axes)."""
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
     for depth, rows in maps.groupby("depth"):
         axes[0].plot(rows["layer"], rows["newton_k"], "o-", label=f"{depth}-layer model")
@@ -100,8 +103,16 @@ def plot_maps(maps: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel(f"best-matching {what}")
         ax.set_xticks(sorted(maps["layer"].unique()))
         ax.grid(alpha=0.3)
+    count_axis(axes[0].yaxis)
     axes[1].set_yscale("log", base=2)
-    axes[0].legend(fontsize=7)
+    powers = [2**i for i in range(max(math.ceil(math.log2(max(float(maps["gd_k"].max()), 1.0))), 1) + 1)]
+    axes[1].set_ylim(0.8, powers[-1] * 1.25)
+    axes[1].yaxis.set_major_locator(FixedLocator(powers))  # 1, 2, 4, 8 steps: counts
+    axes[1].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes[1].yaxis.set_minor_formatter(NullFormatter())
+    outside_legend(axes[1])
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)
 
 
@@ -127,11 +138,11 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
     maps = pd.DataFrame(rows)
     checks = claim_checks(maps)
     atomic_write_text(out / "maps.csv", maps.to_csv(index=False))
-    if not maps.empty:
-        plot_maps(maps, out / "figures" / "newton_map.png")
     diverged = sorted({spec.run_id for spec in plan(size_name)} - set(runs))
     setting = (f"x ~ N(0, QΣQᵀ), Σ half 1 and half 0.01, Q per prompt; noiseless; block-form LSA; diverged and "
                f"left out: {', '.join(diverged) or 'none'}")  # fmt: skip
+    if not maps.empty:
+        plot_maps(maps, out / "figures" / "newton_map.png", recipe_caption("newton", size_name, out, size, setting))
     tables = {"Layer → best-matching iterations (newton_k, gd_k) for each depth": maps}
     atomic_write_text(
         out / "report.md", report_text("Newton iterations per layer", size_name, size, setting, tables, checks)

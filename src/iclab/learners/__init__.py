@@ -1,6 +1,7 @@
 """Everything that predicts in context: reference algorithms and trained models, one protocol."""
 
 from iclab.learners.base import Learner, LinearLearner
+from iclab.learners.descriptor import Bilinear, CentredGD
 from iclab.learners.fitted import FittedNet, SklearnRegressor, boosted_trees, greedy_tree
 from iclab.learners.kernel import FunctionalGD, GPPosterior, KernelRidge
 from iclab.learners.lasso import Lasso
@@ -18,6 +19,8 @@ from iclab.learners.trained import ModelLearner, from_model
 
 __all__ = [
     "Averaging",
+    "Bilinear",
+    "CentredGD",
     "FittedNet",
     "FunctionalGD",
     "GPPosterior",

@@ -4,8 +4,8 @@ Most are functions of the data's sufficient statistics: for a prompt (or prefix)
 labels y: (k,), the Gram matrix ``gram = XᵀX: (..., d, d)``, the moment ``moment = Xᵀy: (..., d)`` and the
 count ``count = k: (...)``. They return weights ``w: (..., d)``; the prediction at a query x_q is x_qᵀw.
 Leading dimensions are free, so one call serves a batch of prompts and every prefix length at once.
-Least squares and ridge for the learners are solved from X itself (:func:`ridge_predictions`), since XᵀX
-squares the condition number; :func:`k_nearest` works on the points.
+Least squares and ridge are solved from X itself (:func:`ridge_predictions`), since XᵀX squares the
+condition number; :func:`k_nearest` works on the points.
 """
 
 from __future__ import annotations
@@ -37,20 +37,6 @@ def moment_statistics(xs: Tensor, ys: Tensor, prefixes: bool = False) -> tuple[T
         return torch.einsum("bkd,bk->bd", xs, ys), xs.new_full((batch,), float(n))
     count = torch.arange(1, n + 1, dtype=xs.dtype, device=xs.device).expand(batch, n)
     return torch.cumsum(xs * ys.unsqueeze(-1), dim=1), count
-
-
-def least_squares(gram: Tensor, moment: Tensor) -> Tensor:
-    """Minimum-norm least squares w = (XᵀX)⁺Xᵀy = X⁺y from the statistics alone, which squares the condition
-    number (the learners use :func:`ridge_predictions`)."""
-    return (torch.linalg.pinv(gram, hermitian=True) @ moment.unsqueeze(-1)).squeeze(-1)
-
-
-def ridge(gram: Tensor, moment: Tensor, alpha: float) -> Tensor:
-    """Ridge regression w = (XᵀX + αI)⁻¹Xᵀy (α is not scaled by k) from the statistics alone, which squares
-    the condition number (the learners use :func:`ridge_predictions`). Raises ``torch.linalg.LinAlgError``
-    when XᵀX + αI is singular in floating point."""
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    return torch.linalg.solve(gram + alpha * eye, moment.unsqueeze(-1)).squeeze(-1)
 
 
 # ----------------------------------------------------------------- ridge and least squares from X itself

@@ -16,9 +16,12 @@ from torch import Tensor
 from iclab.learners.base import LinearLearner
 from iclab.validate import check_number
 
+TIE_MARGIN = 1e-9  # d(|c_j| − λ)/d(−λ) above this: a tied coordinate's correlation would pass λ
+
 
 def lasso(gram: Tensor, moment: Tensor, count: Tensor, alpha: float) -> Tensor:
-    """gram: (..., d, d), moment: (..., d), count: (...) → w: (..., d), the Lasso solution of each system.
+    """gram: (..., d, d) = XᵀX (symmetric), moment: (..., d) = Xᵀy, count: (...) = k → w: (..., d), the Lasso
+    solution of each system.
 
     The homotopy (LARS-Lasso) path in λ from max_j |b_j|, where w = 0, down to λ = kα: along it the active
     coordinates A keep |c_A| = λ for the correlations c = b − Gw, and w_A moves along G_AA⁻¹ s_A; a coordinate
@@ -34,42 +37,97 @@ def lasso(gram: Tensor, moment: Tensor, count: Tensor, alpha: float) -> Tensor:
     on_path = (level > target).unsqueeze(-1)  # else w = 0 is the solution
     active = torch.nn.functional.one_hot(correlation.abs().argmax(-1), size).bool() & usable & on_path
     signs = torch.sign(correlation) * active
-    w = torch.zeros_like(flat_moment)
-    run = on_path.squeeze(-1).nonzero().squeeze(-1)  # systems still on their path
+    run = on_path.squeeze(-1).nonzero().squeeze(-1)  # systems still on their path, and their state:
+    c, lam, on, s = correlation[run], level[run], active[run], signs[run]
+    x, tgt, use = torch.zeros_like(c), target[run], usable[run]
     for _ in range(8 * size + 8):
         if run.numel() == 0:
             break
-        g, c, lam, on, s, x = flat_gram[run], correlation[run], level[run], active[run], signs[run], w[run]
-        direction = _solve_on(g, s, on)  # dw/d(−λ), 0 off A
-        slope = (g @ direction.unsqueeze(-1)).squeeze(-1)  # dc/d(−λ) = −G·direction
+        direction, slope = _path_direction(flat_gram, run, s, on)  # dw/d(−λ) (0 off A); dc/d(−λ) = −G·direction
         ahead = 1e-12 * lam.unsqueeze(-1)  # events closer than this are the one just taken
         gap = lam.unsqueeze(-1)
         join = _first_ahead((gap - c) / (1 - slope), (gap + c) / (1 + slope), ahead)
-        join = torch.where(~on & usable[run], join, torch.inf)
+        # a coordinate tied with the active ones (|c_j| = λ, e.g. inputs in {−1, 1}) joins now if its |c_j| would
+        # pass λ along this direction; one whose |c_j| stays at or below λ (an equal column) never has to
+        tied = (((gap - c).abs() <= ahead) & (1 - slope > TIE_MARGIN)) | (
+            ((gap + c).abs() <= ahead) & (1 + slope > TIE_MARGIN)
+        )
+        join = torch.where(~on & use, torch.where(tied, 0.0, join), torch.inf)
         leave = torch.where(on, _first_ahead(-x / direction, torch.full_like(x, torch.inf), ahead), torch.inf)
-        to_target = lam - target[run]
-        step = torch.minimum(torch.minimum(join.amin(-1), leave.amin(-1)), to_target)
+        (first_join, joiner), (first_leave, leaver) = join.min(-1), leave.min(-1)
+        to_target = lam - tgt
+        step = torch.minimum(torch.minimum(first_join, first_leave), to_target)
         x = x + step.unsqueeze(-1) * direction
         c = c - step.unsqueeze(-1) * slope
         going = step < to_target
-        joins = going & (join.amin(-1) <= leave.amin(-1))
-        new = torch.nn.functional.one_hot(join.argmin(-1), size).bool() & joins.unsqueeze(-1)
-        gone = torch.nn.functional.one_hot(leave.argmin(-1), size).bool() & (going & ~joins).unsqueeze(-1)
+        joins = going & (first_join <= first_leave)
+        new = torch.nn.functional.one_hot(joiner, size).bool() & joins.unsqueeze(-1)
+        gone = torch.nn.functional.one_hot(leaver, size).bool() & (going & ~joins).unsqueeze(-1)
         on = (on | new) & ~gone
-        w[run] = torch.where(gone, torch.zeros_like(x), x)
-        correlation[run], level[run], active[run] = c, lam - step, on
-        signs[run] = torch.where(new, torch.sign(c), s) * on
-        run = run[going]
+        x = torch.where(gone, 0.0, x)
+        s = torch.where(new, torch.sign(c), s) * on
+        lam = lam - step
+        if not bool(going.all()):  # systems at the end of their path keep their active set and signs
+            done = ~going
+            active[run[done]], signs[run[done]] = on[done], s[done]
+            run, c, lam, on, s, x, tgt, use = (v[going] for v in (run, c, lam, on, s, x, tgt, use))
+    active[run], signs[run] = on, s  # (none left unless the loop's bound was reached)
     rhs = torch.where(active, flat_moment - target.unsqueeze(-1) * signs, torch.zeros_like(flat_moment))
     return _solve_on(flat_gram, rhs, active).reshape(moment.shape).to(moment.dtype)
 
 
+def _active_first(active: Tensor) -> tuple[Tensor, Tensor]:
+    """(index (N, m), live (N, m)): each row's active coordinates first, in order (m = the largest active set,
+    usually a few of the d), and which of the m are active (the rest pad)."""
+    count = active.sum(-1, keepdim=True)
+    m = max(int(count.max()), 1)
+    position = torch.where(active, active.cumsum(-1) - 1, count + (~active).cumsum(-1) - 1)
+    order = torch.arange(active.shape[-1], device=active.device).expand_as(position)
+    index = torch.empty_like(position).scatter_(-1, position, order)[:, :m]
+    return index, active.gather(-1, index)
+
+
+def _solve_active(system: Tensor, rhs: Tensor, live: Tensor) -> Tensor:
+    """v (N, m) with system v = rhs on the live coordinates, 0 on the padding: system (N, m, m), rhs (N, m); the
+    padding's rows and columns are replaced by the identity, and G_AA, positive definite along the path, solved
+    by Cholesky; a singular one (e.g. two equal input coordinates both active) gets the minimum-norm solution."""
+    both = live.unsqueeze(-1) & live.unsqueeze(-2)
+    system = torch.where(both, system, torch.eye(system.shape[-1], dtype=system.dtype, device=system.device))
+    rhs = torch.where(live, rhs, 0.0)
+    factor, info = torch.linalg.cholesky_ex(system)
+    solution = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+    singular = (info != 0).nonzero().squeeze(-1)
+    if singular.numel():
+        solution[singular] = (torch.linalg.pinv(system[singular], hermitian=True) @ rhs[singular].unsqueeze(-1))[..., 0]
+    return torch.where(live, solution, 0.0)
+
+
+def _active_rows(gram: Tensor, run: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(index, live, rows, system) of the systems ``run`` (R,) of the symmetric gram (N, d, d) with active sets
+    ``active`` (R, d): :func:`_active_first`'s index and live (R, m), the active rows G_A· (R, m, d) (= the
+    active columns, transposed) and G_AA (R, m, m)."""
+    index, live = _active_first(active)
+    size = gram.shape[-1]
+    picked = (run.unsqueeze(-1) * size + index).reshape(-1)
+    rows = gram.reshape(-1, size).index_select(0, picked).view(len(run), -1, size)
+    system = rows.gather(-1, index.unsqueeze(1).expand(-1, index.shape[-1], -1))
+    return index, live, rows, system
+
+
+def _path_direction(gram: Tensor, run: Tensor, signs: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """For the systems ``run`` (R,) of gram (N, d, d): (direction, slope), both (R, d): the path's direction
+    G_AA⁻¹ s_A on the active set (0 off it) and G·direction, from the active rows of G alone."""
+    index, live, rows, system = _active_rows(gram, run, active)
+    part = _solve_active(system, signs.gather(-1, index), live)
+    direction = torch.zeros_like(signs).scatter(-1, index, part)
+    return direction, (part.unsqueeze(1) @ rows).squeeze(1)
+
+
 def _solve_on(gram: Tensor, rhs: Tensor, active: Tensor) -> Tensor:
-    """v with G_AA v_A = rhs_A on the active set A and v = 0 off it: (..., d)."""
-    both = active.unsqueeze(-1) & active.unsqueeze(-2)
-    system = torch.where(both, gram, torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device))
-    solution = torch.linalg.solve(system, torch.where(active, rhs, torch.zeros_like(rhs)))
-    return torch.where(active, solution, torch.zeros_like(solution))
+    """v (N, d) with G_AA v_A = rhs_A on the active set A and v = 0 off it: gram (N, d, d) symmetric, rhs and
+    active (N, d)."""
+    index, live, _, system = _active_rows(gram, torch.arange(gram.shape[0], device=gram.device), active)
+    return torch.zeros_like(rhs).scatter(-1, index, _solve_active(system, rhs.gather(-1, index), live))
 
 
 def _first_ahead(a: Tensor, b: Tensor, floor: Tensor) -> Tensor:

@@ -10,10 +10,18 @@ steps (lr 0.005); ``tree`` a greedy CART tree (``max_depth=0``: unlimited); ``bo
 depth 6, learning rate 0.3 (XGBoost's defaults; scikit-learn, the ``iclab[baselines]`` extra). One-step ``gd`` and
 ``pgd`` without ``lr`` take ``default_lr``, which the caller derives (the CLI: the optimal isotropic step
 n/(n + d + 1 + σ²) from :mod:`iclab.theory`).
+
+Descriptor-aware (tasks with ``task.descriptor=mean|onehot``; :mod:`iclab.learners.descriptor`): ``centred_gd``
+is one GD step on the centred inputs, ŷ = x_qᵀ (lr/k) Σ y_i (x_i − μ), with lr by default the step that is
+optimal at ``n`` (default task.n; ``n=inf`` gives the n → ∞ step, 1 for Λ = I, where centred GD is the n → ∞
+optimum) by the exact loss :func:`iclab.theory.descriptors.centred_gd_step`; ``descriptor_optimum`` is the
+exact global minimiser B* of the one-layer LSA loss at ``n`` (default task.n; ``inf`` allowed) from
+:func:`iclab.theory.descriptors.task_problem`, predicting ŷ = h_fᵀ B* f_q with f = (x, descriptor).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +31,7 @@ import torch
 from iclab.errors import UserError
 from iclab.kernels import Kernel
 from iclab.learners.base import Learner
+from iclab.learners.descriptor import Bilinear, CentredGD
 from iclab.learners.fitted import FittedNet, boosted_trees, greedy_tree
 from iclab.learners.kernel import FunctionalGD, GPPosterior, KernelRidge
 from iclab.learners.lasso import Lasso
@@ -95,6 +104,62 @@ def _gp_posterior(c: SpecContext) -> Learner:
     return GPPosterior(c.task.kernel, c.task.cfg.noise_std)
 
 
+def _descriptor_kind(c: SpecContext) -> str:
+    """The task's descriptor (mean or onehot); a task without one is refused."""
+    kind = getattr(c.task.cfg, "descriptor", "none")
+    if kind == "none":
+        name = c.spec.split(":")[0]
+        raise LearnerSpecError(f"learner {c.spec!r}: {name} reads the prompts' descriptor, and task.descriptor=none "
+                               "(set task.descriptor=mean or onehot)")  # fmt: skip
+    return kind
+
+
+def _context_length(c: SpecContext) -> float:
+    """The spec's ``n`` (an integer >= 1 or inf; default task.n): the context length a theory default is for."""
+    raw = c.values.get("n", str(c.task.n))
+    n = math.inf if raw.strip().lower() in ("inf", "infinity") else c.number("n", raw, int)
+    if n < 1:
+        raise LearnerSpecError(f"learner {c.spec!r}: n must be an integer >= 1 or inf, got {raw!r}")
+    return n
+
+
+def _centred_gd(c: SpecContext) -> Learner:
+    from iclab.theory.descriptors import centred_gd_step
+
+    means = c.task.means if _descriptor_kind(c) == "onehot" else None
+    n = _context_length(c)
+    if "lr" in c.values:
+        if "n" in c.values:
+            raise LearnerSpecError(f"learner {c.spec!r}: give lr or n (the context length lr is optimal for), not both")
+        return CentredGD(c.number("lr", ""), means)
+    x_cov = c.task.x_covariance()
+    if x_cov is None:
+        raise LearnerSpecError(f"learner {c.spec!r}: give lr=… (the default step needs the task's fixed x "
+                               "covariance; task.rotation=per_prompt has none)")  # fmt: skip
+    cfg = c.task.cfg
+    fixed = {"means": c.task.means.numpy()} if c.task.means is not None else {"tau": cfg.x_mean_std}
+    lr = centred_gd_step(n, c.task.d, **fixed, noise_std=cfg.noise_std, x_cov=x_cov.numpy(),
+                         w_cov=c.task.w_cov.numpy())  # fmt: skip
+    return CentredGD(lr, means)
+
+
+def _descriptor_optimum(c: SpecContext) -> Learner:
+    from iclab.limits import check_memory
+    from iclab.theory.descriptors import task_problem
+
+    _descriptor_kind(c)
+    cfg = c.task.cfg
+    if cfg.response != "identity":
+        raise LearnerSpecError(f"learner {c.spec!r}: the exact theory covers task.response=identity, "
+                               f"got {cfg.response}")  # fmt: skip
+    n = _context_length(c)
+    features = c.task.d + c.task.descriptor_dim
+    check_memory(5 * features**4 * 8, f"learner {c.spec!r} (the exact loss over B: {features} × {features})",
+                 "task.d or task.n_means")  # fmt: skip
+    b, loss = task_problem(cfg, c.task.seed, n).optimum()
+    return Bilinear(b, f"descriptor_optimum(n={n})", loss)
+
+
 @dataclass(frozen=True)
 class LearnerSpec:
     """A spec name, the keys it takes and its builder."""
@@ -116,6 +181,8 @@ LEARNER_SPECS: dict[str, LearnerSpec] = {
         LearnerSpec("averaging", (), lambda c: Averaging()),
         LearnerSpec("knn", ("k",), lambda c: KNearest(c.number("k", "3", int))),
         LearnerSpec("zero", (), lambda c: Zero()),
+        LearnerSpec("centred_gd", ("lr", "n"), _centred_gd),
+        LearnerSpec("descriptor_optimum", ("n",), _descriptor_optimum),
         LearnerSpec("fgd", ("kernel", "steps", "lr"),
                     lambda c: FunctionalGD(c.kernel(), c.number("steps", "1", int), c.number("lr", "1"))),
         LearnerSpec("kernel_ridge", ("kernel", "alpha"), lambda c: KernelRidge(c.kernel(), c.alpha())),

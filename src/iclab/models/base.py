@@ -49,6 +49,14 @@ class InContextModel(nn.Module):
         n = xs.shape[1]
         return torch.stack([self.predict(xs[:, :k], ys[:, :k], xq, descriptor) for k in range(1, n + 1)], dim=1)
 
+    def predict_next(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """Each next example's label from the examples before it: (B, n), entry k − 1 the prediction at
+        x_{k+1} from the first k examples (k = 1..n − 1) and, for k = n, at the first query xq[:, 0] from all
+        n (Garg et al.'s sequence loss, prefixes 1..n). Default: the diagonal of :meth:`predict_prefixes`
+        with those n points as queries."""
+        following = torch.cat([xs[:, 1:], xq[:, :1]], dim=1)  # (B, n, d)
+        return self.predict_prefixes(xs, ys, following, descriptor).diagonal(dim1=1, dim2=2)
+
     def layer_states(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> list[Tensor]:
         """The residual stream at the query tokens after each layer: L tensors (B, m, D)."""
         raise NotImplementedError

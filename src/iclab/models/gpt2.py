@@ -188,6 +188,13 @@ class GPT2(InContextModel):
         streams, start = self._streams(xs, ys, xq, list(range(1, n + 1)))
         return self.readout(streams[-1][:, start:]).view(batch, n, xq.shape[1])
 
+    def predict_next(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
+        """Garg et al.'s read-out at the x positions of one causal sequence x_1, y_1, …, x_n, y_n, x_q: the
+        output at x_{k+1} (at x_q for k = n) is the prediction from the first k examples: (B, n)."""
+        _no_descriptor(descriptor)
+        streams, _ = self._streams(xs, ys, xq[:, :1], [xs.shape[1]])
+        return self.readout(streams[-1][:, 2::2])
+
     def layer_states(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> list[Tensor]:
         """The residual stream at the query tokens after each block: L tensors (B, m, D)."""
         _no_descriptor(descriptor)

@@ -12,6 +12,10 @@ i.e. Z ← Z + (1/n) W_PV Z M (Zᵀ W_KQ Z) with the mask M keeping the queries 
 activation h on the scores, z_iᵀ W_KQ z_j ↦ h(z_iᵀ W_KQ z_j) for h = relu or exp, still divided by n, or a
 softmax over the n keys (normalised by its row sum instead). With W_KQ = B on x and W_PV = −r on the label,
 a layer is one step of functional gradient descent in the RKHS of K(x, x') = h(xᵀBx').
+With ``param="full"`` the label enters the scores too, and for h = exp that has no finite mean on Gaussian labels
+(E exp(c·y_i·y_j) = ∞ once c ≥ 1/E y²): on the default task a 2-layer exp model overflows in its first forward
+pass, and training says so at step 1 naming the hook and the fix, ``model.param=sparse`` (scores from the
+inputs only, Cheng et al.'s form), with which it trains.
 
 **Sign of the read-out**: the prediction is minus the query's label slot, ŷ = −Z[d, query]. The slot starts
 at 0 and tracks the residual 0 − f(x_q), so L layers of the von Oswald et al. construction (W_KQ = I on x,
@@ -86,7 +90,7 @@ class LSAShape:
     @property
     def feature_index(self) -> Tensor:
         """Indices of the non-label coordinates (x then descriptor), length D − 1."""
-        return torch.tensor([i for i in range(self.width) if i != self.d])
+        return torch.cat([torch.arange(self.d), torch.arange(self.d + 1, self.width)])
 
 
 class SelfAttention(nn.Module):

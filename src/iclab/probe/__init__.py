@@ -2,8 +2,9 @@
 
 - :mod:`~iclab.probe.readout`: each layer's read-out and a linear probe on its residual stream;
 - :mod:`~iclab.probe.candidates` and :mod:`~iclab.probe.matching`: GD-k, preconditioned GD-k,
-  Newton–Schulz-k, ridge, least squares and functional GD-k matched to each layer (prediction difference,
-  Fu et al.'s similarity of errors, input-sensitivity cosine);
+  Newton–Schulz-k, ridge, least squares, functional GD-k and, with a task descriptor, centred GD and the
+  exact one-layer optimum, matched to each layer (prediction difference, Fu et al.'s similarity of errors,
+  input-sensitivity cosine);
 - :mod:`~iclab.probe.weights`: W_KQ and W_PV beside the GD construction;
 - :mod:`~iclab.probe.piecewise`: plateaus of the prediction along a line of queries (Nath et al.);
 - :mod:`~iclab.probe.run`: all of it on one model, written as CSVs, figures and report.md.

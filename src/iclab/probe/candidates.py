@@ -1,5 +1,8 @@
 """The algorithms a layer is compared with, each a family over an iteration count and one hyper-parameter.
 
+Prompts with a descriptor (mean-shifted tasks) add the descriptor-aware families of
+:func:`descriptor_families`: centred GD (its step fitted) and the exact finite-n optimum of a one-layer LSA.
+
 A family's ``path(value, K)`` gives its prediction after every prefix 1..n of the context on the probe's
 prompts, for every iteration count 0..K at once (one run of the iteration), as (K + 1, B, n, m) float64;
 a family without iterations returns (1, B, n, m). ``learner(k, value)`` is the same algorithm as an ordinary
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +21,7 @@ from torch import Tensor
 
 from iclab.kernels import Kernel
 from iclab.learners import (
+    CentredGD,
     FunctionalGD,
     GradientDescent,
     Learner,
@@ -27,13 +32,16 @@ from iclab.learners import (
 )
 from iclab.learners.algorithms import (
     gradient_descent_path,
-    least_squares,
     newton_schulz_path,
-    ridge,
+    ridge_predictions,
     sufficient_statistics,
 )
 from iclab.learners.kernel import functional_gd_path
+from iclab.learners.specs import LearnerSpecError, parse_learner
 from iclab.prompts import Prompts
+
+if TYPE_CHECKING:
+    from iclab.tasks import Sampler
 
 GRID_POINTS = 31  # hyper-parameter values per family on the coarse grid (log-spaced)
 
@@ -57,6 +65,12 @@ def _log_grid(centre: float, low: float, high: float) -> tuple[float, ...]:
 def _linear_path(weights: Tensor, xq: Tensor) -> Tensor:
     """weights: (K + 1, B, n, d), xq: (B, m, d) → predictions (K + 1, B, n, m)."""
     return torch.einsum("bmd,kbnd->kbnm", xq, weights)
+
+
+def _solved_from_x(prompts: Prompts, alpha: float) -> Tensor:
+    """Ridge (``alpha`` > 0) or minimum-norm least squares after every prefix, solved from X itself as the
+    learners solve it (:func:`ridge_predictions`; never from XᵀX): (1, B, n, m) float64."""
+    return ridge_predictions(prompts.xs.double(), prompts.ys.double(), prompts.xq.double(), alpha, True).unsqueeze(0)
 
 
 def _kernel_path(kernel: Kernel, prompts: Prompts) -> Callable[[float | None, int], Tensor]:
@@ -90,10 +104,10 @@ def candidate_families(
                lambda _, steps: _linear_path(newton_schulz_path(gram, moment, steps), xq),
                lambda steps, _: NewtonSchulz(steps)),
         Family("ridge", "alpha", _log_grid(prompts.n * scale, 1e-4, 1e2), False,
-               lambda alpha, _: _linear_path(ridge(gram, moment, alpha).unsqueeze(0), xq),
+               lambda alpha, _: _solved_from_x(prompts, alpha),
                lambda _, alpha: Ridge(alpha)),
         Family("ols", None, (), False,
-               lambda *_: _linear_path(least_squares(gram, moment).unsqueeze(0), xq),
+               lambda *_: _solved_from_x(prompts, 0.0),
                lambda *_: LeastSquares()),
     ]  # fmt: skip
     if preconditioner is not None:
@@ -107,4 +121,30 @@ def candidate_families(
         families.append(Family(
             f"fgd-{kernel}", "lr", _log_grid(1 / diagonal, 1e-2, 10.0), True, _kernel_path(kernel, prompts),
             lambda steps, lr, kernel=kernel: FunctionalGD(kernel, steps, lr)))  # fmt: skip
+    return families
+
+
+def descriptor_families(prompts: Prompts, task: Sampler) -> list[Family]:
+    """For prompts that carry a descriptor: ``centred_gd`` (ŷ = x_qᵀ (lr/k) Σ y_i (x_i − μ), lr on a log grid
+    centred on 1/s, s = E‖x − μ‖²/d) and ``descriptor_optimum`` (the exact global minimiser B* of the one-layer
+    LSA loss at task.n, ŷ = h_fᵀ B* f_q; left out where the theory does not cover the task). [] without a
+    descriptor. Both are one-shot (not iterative)."""
+    if prompts.descriptor is None or getattr(task.cfg, "descriptor", "none") == "none":
+        return []
+    means = getattr(task, "means", None) if task.cfg.descriptor == "onehot" else None  # (K, d): μ = Mᵀs
+    centred = CentredGD(1.0, means)
+    mu = centred.task_mean(prompts.xs, prompts.descriptor)  # (B, d)
+    scale = float(((prompts.xs - mu.unsqueeze(1)) ** 2).sum(-1).mean()) / prompts.d
+    unit = centred.predict_prefixes(prompts.xs, prompts.ys, prompts.xq, prompts.descriptor)  # (B, n, m), lr = 1
+    families = [
+        Family("centred_gd", "lr", _log_grid(1 / scale, 1e-2, 10.0), False,
+               lambda lr, _: (lr * unit).unsqueeze(0),
+               lambda _, lr: CentredGD(lr, means)),
+    ]  # fmt: skip
+    try:
+        optimum = parse_learner("descriptor_optimum", task)
+    except LearnerSpecError:
+        return families
+    fixed = optimum.predict_prefixes(prompts.xs, prompts.ys, prompts.xq, prompts.descriptor).unsqueeze(0)
+    families.append(Family("descriptor_optimum", None, (), False, lambda *_: fixed, lambda *_: optimum))
     return families

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from iclab.learners import Learner
-from iclab.plots import save_figure
+from iclab.plots import caption, outside_legend, save_figure
 from iclab.prompts import Prompts
 
 
@@ -102,8 +102,9 @@ def summarise(sweeps: list[Sweep], flat_tol: float = 0.1, min_run: int = 3) -> d
     return {key: float(value) for key, value in zip(keys, mean, strict=True)}
 
 
-def plot_sweeps(sweeps: list[Sweep], reference_name: str, path, count: int = 3) -> None:
-    """piecewise.png: the model's and the reference's predictions along the first ``count`` sweeps."""
+def plot_sweeps(sweeps: list[Sweep], reference_name: str, path, count: int = 3, caption_text: str = "") -> None:
+    """piecewise.png: the model's and the reference's predictions along the first ``count`` sweeps (the
+    legend to the right of the last panel)."""
     shown = sweeps[:count]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.4), squeeze=False)
     for index, (ax, sweep) in enumerate(zip(axes[0], shown, strict=True)):
@@ -112,5 +113,7 @@ def plot_sweeps(sweeps: list[Sweep], reference_name: str, path, count: int = 3) 
         ax.set_xlabel("position t along the line")
         ax.set_title(f"prompt {index}")
     axes[0][0].set_ylabel("prediction at x(t)")
-    axes[0][0].legend(fontsize=7)
+    outside_legend(axes[0][-1], *axes[0][0].get_legend_handles_labels())
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)

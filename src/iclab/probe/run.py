@@ -19,8 +19,8 @@ from iclab.evaluate import ErrorCurve, error_curve, query_loss
 from iclab.kernels import Kernel
 from iclab.learners import LeastSquares, from_model
 from iclab.models import InContextModel
-from iclab.plots import markdown_table, save_figure
-from iclab.probe.candidates import candidate_families
+from iclab.plots import caption, clipped_label, config_caption, count_axis, markdown_table, outside_legend, save_figure
+from iclab.probe.candidates import candidate_families, descriptor_families
 from iclab.probe.matching import (
     Match,
     Matcher,
@@ -30,7 +30,7 @@ from iclab.probe.matching import (
 from iclab.probe.piecewise import Sweep, plot_sweeps, summarise, sweep_queries
 from iclab.probe.readout import LayerReadout, ProbeReadout, all_prefix_readouts, fit_linear_probes
 from iclab.probe.weights import LayerWeights, compare_with_gd_construction, plot_weights
-from iclab.rundir import atomic_write_text
+from iclab.rundir import atomic_write_text, run_outputs
 from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import Task
@@ -71,6 +71,7 @@ class ProbeResult:
     reference_name: str
     settings: ProbeSettings
     description: dict[str, str] = field(default_factory=dict)
+    caption: str = ""  # under every figure: which run and config (default: the title write_probe is given)
 
 
 def _candidate_kernels(model: InContextModel, task: Task) -> tuple[Kernel, ...]:
@@ -120,6 +121,7 @@ def probe_model(
 
     say("probe: candidate algorithms (every iteration count, every grid value)")
     families = candidate_families(prompts, _candidate_kernels(model, task), _preconditioner(task))
+    families += descriptor_families(prompts, task)
     matcher = Matcher(families, prompts, settings.max_iterations, settings.metric, first_prefix)
     curves["ols"] = error_curve(LeastSquares(), prompts)
 
@@ -178,9 +180,10 @@ def _best_iterations(grid: list[Match], family: str, metric: str) -> int:
 # --------------------------------------------------------------------------- files
 
 
-def plot_iterations(result: ProbeResult, path: Path) -> None:
+def plot_iterations(result: ProbeResult, path: Path, caption_text: str = "") -> None:
     """iterations.png: for each iterative family a layers × iterations heatmap of the metric (SimE, or
-    log10 of the difference), the best iteration count of each layer marked."""
+    log10 of the difference), the best iteration count of each layer marked (the title says so: no legend on
+    the heatmap); integer ticks on both axes."""
     grid = result.grid[result.grid["iterations"].notna()]
     families = list(dict.fromkeys(grid["family"]))
     fig, axes = plt.subplots(1, len(families), figsize=(5.4 * len(families), 0.5 * result.layers.shape[0] + 2.4),
@@ -193,19 +196,21 @@ def plot_iterations(result: ProbeResult, path: Path) -> None:
         image = ax.imshow(values, aspect="auto", cmap="viridis" if sime else "viridis_r", origin="lower",
                           extent=(-0.5, table.shape[1] - 0.5, 0.5, table.shape[0] + 0.5))  # fmt: skip
         best = values.argmax(1) if sime else values.argmin(1)
-        ax.plot(table.columns.to_numpy()[best], table.index.to_numpy(), "r*", ms=9, label="best per layer")
+        ax.plot(table.columns.to_numpy()[best], table.index.to_numpy(), "r*", ms=9)
         ax.set_xlabel(f"{family} iterations k")
         ax.set_ylabel("layer")
+        count_axis(ax.xaxis)
         ax.set_yticks(table.index.to_numpy())
-        ax.set_title(family)
+        ax.set_title(f"{family} (red stars: best k per layer)", fontsize=9)
         fig.colorbar(image, ax=ax, label="SimE" if sime else "log10 relative difference")
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)
 
 
-def plot_layer_curves(result: ProbeResult, path: Path) -> None:
+def plot_layer_curves(result: ProbeResult, path: Path, caption_text: str = "") -> None:
     """layer_curves.png: query error against context length of each layer's read-out (solid) and linear
-    probe (dashed), with least squares for reference."""
+    probe (dashed), with least squares for reference (clipped below at 1e-12, its label then says so)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     layers = result.layers["layer"].tolist()
     for index, layer in enumerate(layers):
@@ -214,11 +219,16 @@ def plot_layer_curves(result: ProbeResult, path: Path) -> None:
             curve = result.curves[f"layer {layer}{suffix}"]
             ax.plot(curve.ks.numpy(), curve.mse.numpy(), style, color=colour, label=f"layer {layer}{suffix}")
     ols = result.curves["ols"]
-    ax.plot(ols.ks.numpy(), ols.mse.numpy().clip(1e-12), "k:", label="least squares")
+    floor = 1e-12
+    ax.plot(ols.ks.numpy(), ols.mse.numpy().clip(floor), "k:", label=clipped_label("least squares", ols.mse.numpy(),
+                                                                                    floor))  # fmt: skip
     ax.set_yscale("log")
+    count_axis(ax.xaxis)
     ax.set_xlabel("number of in-context examples")
     ax.set_ylabel("query MSE")
-    ax.legend(fontsize=7, ncol=2)
+    outside_legend(ax, ncol=1 if len(layers) <= 8 else 2)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)
 
 
@@ -260,10 +270,11 @@ def write_probe(result: ProbeResult, out: Path, title: str) -> None:
     atomic_write_text(out / "layers.csv", result.layers.to_csv(index=False))
     atomic_write_text(out / "candidates.csv", result.candidates.to_csv(index=False))
     atomic_write_text(out / "grid.csv", result.grid.to_csv(index=False))
-    plot_iterations(result, out / "figures" / "iterations.png")
-    plot_layer_curves(result, out / "figures" / "layer_curves.png")
-    plot_weights(result.weights, out / "figures" / "weights.png")
-    plot_sweeps(result.sweeps, result.reference_name, out / "figures" / "piecewise.png")
+    shown = result.caption or title
+    plot_iterations(result, out / "figures" / "iterations.png", shown)
+    plot_layer_curves(result, out / "figures" / "layer_curves.png", shown)
+    plot_weights(result.weights, out / "figures" / "weights.png", caption_text=shown)
+    plot_sweeps(result.sweeps, result.reference_name, out / "figures" / "piecewise.png", caption_text=shown)
     atomic_write_text(out / "report.md", report_text(result, title))
 
 
@@ -271,7 +282,8 @@ def probe_run(
     run_dir: Path, out: Path | None = None, settings: ProbeSettings = ProbeSettings(), device: str = "cpu",
     progress: bool = True,
 ) -> ProbeResult:  # fmt: skip
-    """Probe the trained model of ``run_dir`` and write the results into ``out`` (default run_dir/probe)."""
+    """Probe the trained model of ``run_dir`` and write the results into ``out`` (default run_dir/probe; inside
+    the run dir they are recorded in its manifest.json)."""
     from iclab.tasks import make_task
 
     run_dir = Path(run_dir)
@@ -281,5 +293,12 @@ def probe_run(
     result = probe_model(model, make_task(cfg.task, cfg.seed), settings, device=device, progress=progress)
     result.description = {"run": str(run_dir), "step": str(step), "model": describe(cfg.model),
                           "task": describe(cfg.task)}  # fmt: skip
-    write_probe(result, Path(out) if out is not None else run_dir / "probe", f"{run_dir.name} (step {step})")
+    result.caption = "probe of " + config_caption(cfg, run_dir, step)
+    out = Path(out) if out is not None else run_dir / "probe"
+    title = f"{run_dir.name} (step {step})"
+    if out.resolve().is_relative_to(run_dir.resolve()):  # files in the run dir go into its manifest.json
+        with run_outputs(run_dir) as staging:
+            write_probe(result, staging / out.resolve().relative_to(run_dir.resolve()), title)
+    else:
+        write_probe(result, out, title)
     return result

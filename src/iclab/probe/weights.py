@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from iclab.models import InContextModel
-from iclab.plots import save_figure
+from iclab.plots import caption, save_figure
 
 
 @dataclass
@@ -66,13 +66,23 @@ def compare_with_gd_construction(model: InContextModel) -> list[LayerWeights]:
     return rows
 
 
-def plot_weights(rows: list[LayerWeights], path, max_rows: int = 8) -> None:
-    """weights.png: per layer/head, trained W_KQ and W_PV beside the construction's (each row on one colour
-    scale symmetric about 0)."""
+def coordinate_names(width: int, d: int) -> list[str]:
+    """The token coordinates a (D, D) weight matrix acts on: x1..xd, y (the label), then s1..sk (the
+    descriptor)."""
+    return [f"x{i + 1}" for i in range(d)] + ["y"] + [f"s{i + 1}" for i in range(width - d - 1)]
+
+
+def plot_weights(rows: list[LayerWeights], path, max_rows: int = 8, caption_text: str = "") -> None:
+    """weights.png: per layer/head, trained W_KQ and W_PV beside the construction's, each matrix on its own
+    colour scale symmetric about 0 with its own colour bar; rows and columns are labelled with the token
+    coordinates (x1..xd, y, descriptor s1..sk). Constrained layout keeps colour bars and labels apart."""
     rows = rows[:max_rows]
     if not rows:
         return
-    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.5 * len(rows)), squeeze=False)
+    width = rows[0].kq.shape[0]
+    d = int(round(float(np.trace(rows[0].kq_construction))))  # the construction is I on the x block
+    names = coordinate_names(width, d)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.9 * len(rows) + 0.4), squeeze=False, layout="constrained")
     for ax_row, row in zip(axes, rows, strict=True):
         panels = [
             (row.kq, f"L{row.layer} h{row.head} W_KQ (cos {row.kq_cosine:.3f})"),
@@ -84,7 +94,12 @@ def plot_weights(rows: list[LayerWeights], path, max_rows: int = 8) -> None:
             limit = float(np.abs(matrix).max()) or 1.0
             image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(title, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(image, ax=ax, fraction=0.046)
+            ax.set_xticks(range(width), names, fontsize=6 if width > 12 else 7)
+            ax.set_yticks(range(width), names, fontsize=6 if width > 12 else 7)
+            ax.set_xlabel("column (input coordinate)", fontsize=7)
+            ax.set_ylabel("row (output coordinate)", fontsize=7)
+            colourbar = fig.colorbar(image, ax=ax, shrink=0.8)
+            colourbar.ax.tick_params(labelsize=6)
+    if caption_text:
+        caption(fig, caption_text)
     save_figure(fig, path)

@@ -3,7 +3,14 @@
 docs/theory.md states every formula, its derivation and the test that checks it.
 """
 
-from iclab.theory.descriptors import descriptor_gap, descriptor_problem, standardising_predictor, task_problem
+from iclab.theory.descriptors import (
+    centred_gd_loss,
+    centred_gd_step,
+    descriptor_gap,
+    descriptor_problem,
+    standardising_predictor,
+    task_problem,
+)
 from iclab.theory.gradient_flow import FlowResult, SGDResult, gradient_flow, initial_weights, sgd_run
 from iclab.theory.lsa import (
     GDOptimum,
@@ -26,6 +33,8 @@ __all__ = [
     "MCEstimate",
     "QuadraticLoss",
     "SGDResult",
+    "centred_gd_loss",
+    "centred_gd_step",
     "descriptor_gap",
     "descriptor_problem",
     "effective_bilinear",

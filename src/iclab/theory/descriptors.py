@@ -187,6 +187,95 @@ def standardising_predictor(
     return b
 
 
+def _centred_gd_moments(
+    n: float,
+    d: int,
+    tau: float,
+    means: object | None,
+    mean_weights: object | None,
+    noise_std: float,
+    x_cov: object | None,
+    w_cov: object | None,
+) -> tuple[float, float, float]:
+    """(T₁, T₂, c) with L(η) = η² T₁ − 2η T₂ + c for centred GD (see :func:`centred_gd_loss`)."""
+    inv_n = check_n(n)
+    d = check_number("d", d, ge=1, integer=True)
+    tau = check_number("tau", tau, ge=0.0)
+    noise_var = check_number("noise_std", noise_std, ge=0.0) ** 2
+    lam = np.eye(d) if x_cov is None else as_spd(x_cov, "x_cov", d)
+    sigma_w = np.eye(d) if w_cov is None else as_spd(w_cov, "w_cov", d)
+    if means is None:  # μ ~ N(0, τ²I): E[(μᵀAμ)(μᵀBμ)] = τ⁴(tr A tr B + 2 tr AB)
+        moment = tau**2 * np.eye(d)
+        quartic = tau**4 * (np.trace(sigma_w) * np.trace(lam) + 2 * np.trace(sigma_w @ lam))
+    else:
+        mu = as_matrix(means, "means")
+        if mu.shape[1] != d:
+            raise ValueError(f"means must have shape (K, {d}), got {mu.shape}")
+        weights = np.full(len(mu), 1 / len(mu)) if mean_weights is None else np.asarray(mean_weights, dtype=float)
+        if weights.shape != (len(mu),) or np.any(weights < 0) or not math.isclose(weights.sum(), 1.0, rel_tol=1e-12):
+            raise ValueError(f"mean_weights must be {len(mu)} non-negative numbers summing to 1")
+        moment = np.einsum("k,ki,kj->ij", weights, mu, mu)
+        quartic = float(weights @ (np.einsum("ki,ij,kj->k", mu, sigma_w, mu) * np.einsum("ki,ij,kj->k", mu, lam, mu)))
+    second = lam + moment  # E[x xᵀ] = Λ + E[μμᵀ]
+    base = np.trace(lam @ sigma_w) + noise_var  # E[y² | μ] − μᵀΣ_wμ
+    lam2 = np.trace(lam @ lam)
+    # E[(μᵀΣ_wμ + base)(tr Λ² + μᵀΛμ)]
+    spread = quartic + np.trace(sigma_w @ moment) * lam2 + base * (lam2 + np.trace(lam @ moment))
+    t1 = (1 + inv_n) * np.trace(second @ lam @ sigma_w @ lam) + inv_n * spread
+    t2 = np.trace(second @ lam @ sigma_w)
+    return float(t1), float(t2), float(np.trace(sigma_w @ moment) + base)
+
+
+def centred_gd_loss(
+    lr: float,
+    n: float,
+    d: int,
+    *,
+    tau: float = 0.0,
+    means: object | None = None,
+    mean_weights: object | None = None,
+    noise_std: float = 0.0,
+    x_cov: object | None = None,
+    w_cov: object | None = None,
+) -> float:
+    """The exact loss of centred GD, ŷ = η x_qᵀ h, h = (1/n) Σ_i y_i (x_i − μ) (η = ``lr``; in B form
+    η·:func:`standardising_predictor` with Λ = I), for μ ~ N(0, τ² I) (``means=None``) or one of the
+    ``means`` (K, d), x ~ N(μ, Λ), w ~ N(0, Σ_w), y = wᵀx + ε; any SPD Λ, Σ_w. n may be math.inf.
+
+    With g_i = x_i − μ ~ N(0, Λ) and α = wᵀμ, E[h | μ, w] = Λw and (Isserlis) n·Cov[h | μ, w] =
+    (α² + wᵀΛw + σ²)Λ + ΛwwᵀΛ; x_q is independent of h given (μ, w), E[x_q x_qᵀ | μ] = Λ + μμᵀ =: E_μ, and
+    E[y_q x_q | μ, w] = E_μ w. So L(η) = η² T₁ − 2η T₂ + c with
+
+        T₁ = (1 + 1/n) E tr(E_μ ΛΣ_wΛ) + (1/n) E[(μᵀΣ_wμ + tr ΛΣ_w + σ²)(tr Λ² + μᵀΛμ)]
+        T₂ = E tr(E_μ ΛΣ_w),   c = E[μᵀΣ_wμ] + tr ΛΣ_w + σ²
+
+    (the μ averages: Gaussian fourth moments, or finite sums over the K means).
+    """
+    lr = check_number("lr", lr)
+    t1, t2, c = _centred_gd_moments(n, d, tau, means, mean_weights, noise_std, x_cov, w_cov)
+    return lr * lr * t1 - 2 * lr * t2 + c
+
+
+def centred_gd_step(
+    n: float,
+    d: int,
+    *,
+    tau: float = 0.0,
+    means: object | None = None,
+    mean_weights: object | None = None,
+    noise_std: float = 0.0,
+    x_cov: object | None = None,
+    w_cov: object | None = None,
+) -> float:
+    """The step η* = T₂/T₁ that minimises :func:`centred_gd_loss` at context length n (math.inf allowed).
+
+    As n → ∞, η* = tr(ΛΣ_wE)/tr(ΛΣ_wΛE) with E = Λ + E[μμᵀ]: 1 when Λ = I, where centred GD is the n → ∞
+    optimum (loss σ²). At finite n it is smaller: n/(n + 2(d + 1)) for Λ = Σ_w = I, τ = 1, σ = 0.
+    """
+    t1, t2, _ = _centred_gd_moments(n, d, tau, means, mean_weights, noise_std, x_cov, w_cov)
+    return t2 / t1
+
+
 def descriptor_gap(n: float, d: int, tau: float, noise_std: float = 0.0) -> tuple[float, float]:
     """(optimal loss without the descriptor, with the mean descriptor) for μ ~ N(0, τ² I), Λ = Σ_w = I."""
     without = descriptor_problem(n, d, descriptor="none", tau=tau, noise_std=noise_std).optimum()[1]
