@@ -317,6 +317,7 @@ with tempfile.TemporaryDirectory() as folder:  # a small run first: libraries an
     [
         ["task.d=20", "task.n=200", "train.batch_size=2048", "eval.batch_size=64"],  # peak: a training step
         ["task.d=20", "task.n=200", "train.batch_size=64", "eval.batch_size=8192", "eval.every=1"],  # evaluation
+        ["task.d=10", "task.n=40", "train.batch_size=4096", "train.objective=all_prefixes", "eval.batch_size=100"],
     ],
 )
 def test_the_memory_estimate_is_of_the_measured_peak(overrides):
@@ -328,6 +329,19 @@ def test_the_memory_estimate_is_of_the_measured_peak(overrides):
                           text=True, check=True)  # fmt: skip
     estimate, grown = (int(v) for v in done.stdout.split())
     assert estimate > 100 * 2**20 and grown <= 2.5 * estimate, (estimate, grown)
+
+
+def test_a_training_step_looping_over_prefixes_counts_the_fragmented_heap(monkeypatch):
+    """train.objective=all_prefixes on a model without a one-pass predict_prefixes (LSA): the traced step times
+    PREFIX_LOOP_HEAP (measured RSS over live tensors); GPT-2's one pass is not scaled."""
+    for model, factor in (("lsa", limits.PREFIX_LOOP_HEAP), ("gpt2", 1.0)):
+        cfg = parse_config({}, [f"model.name={model}", "task.d=10", "task.n=40", "train.batch_size=4096",
+                                "train.objective=all_prefixes", "eval.batch_size=100"])  # fmt: skip
+        scaled = training_memory(cfg)
+        with monkeypatch.context() as patch:
+            patch.setattr(limits, "PREFIX_LOOP_HEAP", 1.0)
+            plain = training_memory(cfg)
+        assert scaled[1] == plain[1] == "a training step" and scaled[0] == int(plain[0] * factor), model
 
 
 def test_a_deep_model_is_estimated_from_two_traced_depths(monkeypatch):

@@ -8,12 +8,12 @@ moment, so the peak is measured for any task or model family, not guessed per fa
 the copies a checkpoint makes are added to it (they are made outside the traced code). What it does not see
 (glibc's heap, the CPU kernels' work space) puts real peaks at 1.0–1.7 times the estimate for LSA runs of a
 few hundred MiB (tests/test_hardening.py checks a factor of 2.5), more where a loop over context prefixes
-fragments the heap (train.objective=all_prefixes with a model that has no one-pass predict_prefixes: 2.4
-times the live tensors). A model with more than 16 layers is
-traced at 8 and 16 layers and extrapolated (memory grows linearly with depth; tracing 10⁵ layers would take
-minutes). :func:`check_memory` refuses a request above the free memory of the device: on a CPU the smallest of
-the memory the kernel reports available, the cgroup's limit and the address-space limit (``ulimit -v``); on a
-GPU its free memory.
+fragments the heap (train.objective=all_prefixes or next_example with a model that has no one-pass
+predict_prefixes: 2.4 times the live tensors, which the estimate of such a training step includes). A model
+with more than 16 layers is traced at 8 and 16 layers and extrapolated (memory grows linearly with depth;
+tracing 10⁵ layers would take minutes). :func:`check_memory` refuses a request above the free memory of the
+device: on a CPU the smallest of the memory the kernel reports available, the cgroup's limit and the
+address-space limit (``ulimit -v``); on a GPU its free memory.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from iclab.config import Config, TaskConfig
 from iclab.errors import ResourceError
 
 TRACED_LAYERS = 16  # deeper models are traced at 8 and 16 layers and extrapolated
+STEP_PHASE = "a training step"
+PREFIX_OBJECTIVES = ("all_prefixes", "next_example")  # objectives that call predict_prefixes
+PREFIX_LOOP_HEAP = 2.4  # measured RSS / live tensors of a training step looping over prefixes (glibc's heap)
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -43,6 +46,7 @@ class _LiveBytes(TorchDispatchMode):
         super().__init__()
         self.live = self.peak = 0
         self.phase = self.peak_phase = ""
+        self.prefix_loop = False  # the model's predict_prefixes is the default loop over prefixes
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -144,7 +148,7 @@ def _traced_peak(cfg: Config, objective: Any) -> _LiveBytes:
     """The peak bytes of one training run of ``cfg``, traced on the meta device (see the module docstring)."""
     from iclab.evaluate import query_loss
     from iclab.learners import from_model
-    from iclab.models import build_model
+    from iclab.models import InContextModel, build_model
     from iclab.seeding import make_generator
     from iclab.tasks import make_task
     from iclab.train import DTYPES
@@ -156,11 +160,12 @@ def _traced_peak(cfg: Config, objective: Any) -> _LiveBytes:
         live.phase = "the model"
         task = make_task(cfg.task, cfg.seed)
         model = build_model(cfg.model, task, make_generator(cfg.seed, "init")).to(dtype=dtype)
+        live.prefix_loop = type(model).predict_prefixes is InContextModel.predict_prefixes
         params = sum(p.numel() * p.element_size() for p in model.parameters())
         live.hold(2 * params)  # AdamW's two moments
         live.phase = "the held-out set"
         heldout = task.sample(cfg.eval.batch_size, generator, dtype=dtype)
-        live.phase = "a training step"
+        live.phase = STEP_PHASE
         batch = task.sample(cfg.train.batch_size, generator, dtype=dtype)
         objective(model, batch).backward()
         live.phase = "a checkpoint"
@@ -191,13 +196,16 @@ def training_memory(cfg: Config, objective: Any = None) -> tuple[int, str]:
                 for depth in (TRACED_LAYERS // 2, TRACED_LAYERS)
             )
             per_layer = (full.peak - half.peak) / (TRACED_LAYERS - TRACED_LAYERS // 2)
-            return int(full.peak + (layers - TRACED_LAYERS) * per_layer), full.peak_phase
-        traced = _traced_peak(cfg, objective)
+            traced, peak = full, int(full.peak + (layers - TRACED_LAYERS) * per_layer)
+        else:
+            traced = _traced_peak(cfg, objective)
+            peak = traced.peak
     except (RuntimeError, TypeError) as err:
         if "verflow" not in str(err):  # only sizes beyond 64-bit counts are a user's error
             raise
         return 2**63, "the model or the prompts (their sizes overflow 64-bit counts)"
-    return traced.peak, traced.peak_phase
+    looped = traced.prefix_loop and cfg.train.objective in PREFIX_OBJECTIVES and traced.peak_phase == STEP_PHASE
+    return (int(peak * PREFIX_LOOP_HEAP) if looped else peak), traced.peak_phase
 
 
 def check_training_memory(cfg: Config, device: str = "cpu", objective: Any = None) -> None:

@@ -26,20 +26,19 @@ def lasso(gram: Tensor, moment: Tensor, count: Tensor, alpha: float) -> Tensor:
     The homotopy (LARS-Lasso) path in λ from max_j |b_j|, where w = 0, down to λ = kα: along it the active
     coordinates A keep |c_A| = λ for the correlations c = b − Gw, and w_A moves along G_AA⁻¹ s_A; a coordinate
     joins A when its |c_j| reaches λ and leaves when its weight crosses 0. The systems still on their path
-    step together; at the end w_A = G_AA⁻¹(b_A − kα s_A) is solved afresh for all. Computed in float64
-    whatever the inputs' dtype (the path's event order is sensitive to rounding)."""
+    step together, each step exact to rounding (w is linear in λ between events), and a system leaves the
+    batch with its w at λ = kα. Computed in float64 whatever the inputs' dtype (the path's event order is
+    sensitive to rounding)."""
     size = moment.shape[-1]
     flat_gram, flat_moment = gram.reshape(-1, size, size).double(), moment.reshape(-1, size).double()
     target = (alpha * count).reshape(-1).double()  # (N,): λ at the end, kα
     usable = flat_gram.diagonal(dim1=-2, dim2=-1) > 0  # (N, d): a zero column never enters
-    correlation = flat_moment.clone()  # c = b − G w
-    level = correlation.abs().amax(-1)  # λ along the path
-    on_path = (level > target).unsqueeze(-1)  # else w = 0 is the solution
-    active = torch.nn.functional.one_hot(correlation.abs().argmax(-1), size).bool() & usable & on_path
-    signs = torch.sign(correlation) * active
-    run = on_path.squeeze(-1).nonzero().squeeze(-1)  # systems still on their path, and their state:
-    c, lam, on, s = correlation[run], level[run], active[run], signs[run]
-    x, tgt, use = torch.zeros_like(c), target[run], usable[run]
+    level = flat_moment.abs().amax(-1)  # λ where the path starts (w = 0, c = b)
+    w = torch.zeros_like(flat_moment)  # w = 0 is the solution of the systems with kα ≥ that λ
+    run = (level > target).nonzero().squeeze(-1)  # the systems still on their path, and their state:
+    c, lam, x, tgt, use = flat_moment[run], level[run], w[run], target[run], usable[run]  # c = b − Gw, λ, w
+    on = torch.nn.functional.one_hot(c.abs().argmax(-1), size).bool() & use  # the active set A
+    s = torch.sign(c) * on  # and its signs
     for _ in range(8 * size + 8):
         if run.numel() == 0:
             break
@@ -69,11 +68,10 @@ def lasso(gram: Tensor, moment: Tensor, count: Tensor, alpha: float) -> Tensor:
         lam = lam - step
         if not bool(going.all()):  # systems at the end of their path keep their active set and signs
             done = ~going
-            active[run[done]], signs[run[done]] = on[done], s[done]
+            w[run[done]] = x[done]
             run, c, lam, on, s, x, tgt, use = (v[going] for v in (run, c, lam, on, s, x, tgt, use))
-    active[run], signs[run] = on, s  # (none left unless the loop's bound was reached)
-    rhs = torch.where(active, flat_moment - target.unsqueeze(-1) * signs, torch.zeros_like(flat_moment))
-    return _solve_on(flat_gram, rhs, active).reshape(moment.shape).to(moment.dtype)
+    w[run] = x  # (none left unless the loop's bound was reached)
+    return w.reshape(moment.shape).to(moment.dtype)
 
 
 def _active_first(active: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,13 +119,6 @@ def _path_direction(gram: Tensor, run: Tensor, signs: Tensor, active: Tensor) ->
     part = _solve_active(system, signs.gather(-1, index), live)
     direction = torch.zeros_like(signs).scatter(-1, index, part)
     return direction, (part.unsqueeze(1) @ rows).squeeze(1)
-
-
-def _solve_on(gram: Tensor, rhs: Tensor, active: Tensor) -> Tensor:
-    """v (N, d) with G_AA v_A = rhs_A on the active set A and v = 0 off it: gram (N, d, d) symmetric, rhs and
-    active (N, d)."""
-    index, live, _, system = _active_rows(gram, torch.arange(gram.shape[0], device=gram.device), active)
-    return torch.zeros_like(rhs).scatter(-1, index, _solve_active(system, rhs.gather(-1, index), live))
 
 
 def _first_ahead(a: Tensor, b: Tensor, floor: Tensor) -> Tensor:
