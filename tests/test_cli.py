@@ -143,7 +143,7 @@ def test_reproduce_list_prints_one_line_per_recipe(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(RECIPES)
     for line, recipe in zip(lines, RECIPES.values(), strict=True):
-        assert line.split()[0] == recipe.name and line.endswith(f"{recipe.paper}: {recipe.claim}")
+        assert line.split()[0] == recipe.name and line.endswith(f"{recipe.paper} — {recipe.claim}")
     assert main(["reproduce"]) == 2
     assert "or --list" in capsys.readouterr().err
 

@@ -339,7 +339,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from iclab.rundir import check_writable_folder
 
     if args.list:
-        print("\n".join(f"{r.name:<20} {r.paper}: {r.claim}" for r in RECIPES.values()))
+        print("\n".join(f"{r.name:<20} {r.paper} — {r.claim}" for r in RECIPES.values()))
         return 0
     if args.name is None:
         raise UsageError(f"give a recipe name ({', '.join(RECIPES)}) or --list")
