@@ -50,22 +50,19 @@ def _matrix_text(matrix: np.ndarray) -> str:
 
 # What each verb holds at its peak, in float64 d × d matrices (measured: RSS at d = 1000–3000 less start-up).
 DENSE_MATRICES = {"optimum": 12, "compare": 12, "descriptors": 36, "nonlinear": 8}
-# The general exact loss (theory.descriptors.QuadraticLoss, used by flow and by compare with a descriptor) is
-# a quadratic form over B: (F, F), F = d + the descriptor's length: its (F², F²) matrix, the flow's Jacobian
-# and work copies (measured: 3.4 GB at F = 100).
-QUADRATIC_FORM_MATRICES = 5
 
 
 def _check_memory(verb: str, d: int, side: int | None = None) -> None:
     """Refuse (one line, exit 2) a theory verb whose float64 algebra needs more memory than is free, before
     anything is allocated: ``DENSE_MATRICES[verb]`` d × d matrices, or with ``side`` (the descriptor's length)
-    QUADRATIC_FORM_MATRICES matrices of F² × F², F = d + side."""
+    the general exact loss over B: (F, F), F = d + side (:func:`~iclab.theory.descriptors.quadratic_form_bytes`)."""
     from iclab.limits import check_memory
+    from iclab.theory.descriptors import quadratic_form_bytes
 
     if side is None:
         needed, lower = DENSE_MATRICES[verb] * d * d * 8, "--d"
     else:
-        needed, lower = QUADRATIC_FORM_MATRICES * (d + side) ** 4 * 8, "task.d (or the descriptor's length)"
+        needed, lower = quadratic_form_bytes(d + side), "task.d (or the descriptor's length)"
     check_memory(needed, f"iclab theory {verb} at d={d}", lower)
 
 

@@ -178,9 +178,13 @@ def query_loss(learner: Learner, prompts: Prompts, chunk_size: int = 8192) -> tu
 
 def query_loss_stats(learner: Learner, prompts: Prompts, chunk_size: int = 8192, seed: int = 0) -> LossStats:
     """:func:`query_loss` with a bootstrap interval and the tail share (:func:`loss_statistics`)."""
-    stats = loss_statistics(per_prompt_loss(learner, prompts, chunk_size), seed=seed)
-    mean, sem, low, high, top_share = (float(v) for v in stats)
-    return LossStats(mean, sem, low, high, top_share, prompts.batch)
+    return _loss_stats(per_prompt_loss(learner, prompts, chunk_size), seed)
+
+
+def _loss_stats(per_prompt: Tensor, seed: int) -> LossStats:
+    """per_prompt: (B,) → :class:`LossStats` (:func:`loss_statistics`)."""
+    mean, sem, low, high, top_share = (float(v) for v in loss_statistics(per_prompt, seed=seed))
+    return LossStats(mean, sem, low, high, top_share, per_prompt.shape[0])
 
 
 def sampled_loss_stats(
@@ -200,9 +204,7 @@ def sampled_loss_stats(
     for start in range(0, count, chunk_size):
         prompts = task.sample(min(chunk_size, count - start), generator, dtype=dtype).to(device)
         losses.append(per_prompt_loss(learner, prompts, chunk_size))
-    stats = loss_statistics(torch.cat(losses), seed=seed)
-    mean, sem, low, high, top_share = (float(v) for v in stats)
-    return LossStats(mean, sem, low, high, top_share, count)
+    return _loss_stats(torch.cat(losses), seed)
 
 
 def error_curve(learner: Learner, prompts: Prompts, chunk_size: int = 256, seed: int = 0) -> ErrorCurve:

@@ -66,7 +66,7 @@ def lasso(gram: Tensor, moment: Tensor, count: Tensor, alpha: float) -> Tensor:
         x = torch.where(gone, 0.0, x)
         s = torch.where(new, torch.sign(c), s) * on
         lam = lam - step
-        if not bool(going.all()):  # systems at the end of their path keep their active set and signs
+        if not bool(going.all()):  # systems at λ = kα leave the batch with their weights
             done = ~going
             w[run[done]] = x[done]
             run, c, lam, on, s, x, tgt, use = (v[going] for v in (run, c, lam, on, s, x, tgt, use))
@@ -100,22 +100,15 @@ def _solve_active(system: Tensor, rhs: Tensor, live: Tensor) -> Tensor:
     return torch.where(live, solution, 0.0)
 
 
-def _active_rows(gram: Tensor, run: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(index, live, rows, system) of the systems ``run`` (R,) of the symmetric gram (N, d, d) with active sets
-    ``active`` (R, d): :func:`_active_first`'s index and live (R, m), the active rows G_A· (R, m, d) (= the
-    active columns, transposed) and G_AA (R, m, m)."""
+def _path_direction(gram: Tensor, run: Tensor, signs: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """For the systems ``run`` (R,) of the symmetric gram (N, d, d) with active sets ``active`` (R, d) and their
+    ``signs``: (direction, slope), both (R, d): the path's direction G_AA⁻¹ s_A on the active set (0 off it) and
+    G·direction, from the active rows G_A· (R, m, d) alone (the active columns, transposed)."""
     index, live = _active_first(active)
     size = gram.shape[-1]
     picked = (run.unsqueeze(-1) * size + index).reshape(-1)
     rows = gram.reshape(-1, size).index_select(0, picked).view(len(run), -1, size)
-    system = rows.gather(-1, index.unsqueeze(1).expand(-1, index.shape[-1], -1))
-    return index, live, rows, system
-
-
-def _path_direction(gram: Tensor, run: Tensor, signs: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
-    """For the systems ``run`` (R,) of gram (N, d, d): (direction, slope), both (R, d): the path's direction
-    G_AA⁻¹ s_A on the active set (0 off it) and G·direction, from the active rows of G alone."""
-    index, live, rows, system = _active_rows(gram, run, active)
+    system = rows.gather(-1, index.unsqueeze(1).expand(-1, index.shape[-1], -1))  # G_AA: (R, m, m)
     part = _solve_active(system, signs.gather(-1, index), live)
     direction = torch.zeros_like(signs).scatter(-1, index, part)
     return direction, (part.unsqueeze(1) @ rows).squeeze(1)

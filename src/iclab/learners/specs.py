@@ -145,7 +145,7 @@ def _centred_gd(c: SpecContext) -> Learner:
 
 def _descriptor_optimum(c: SpecContext) -> Learner:
     from iclab.limits import check_memory
-    from iclab.theory.descriptors import task_problem
+    from iclab.theory.descriptors import quadratic_form_bytes, task_problem
 
     _descriptor_kind(c)
     cfg = c.task.cfg
@@ -154,7 +154,7 @@ def _descriptor_optimum(c: SpecContext) -> Learner:
                                f"got {cfg.response}")  # fmt: skip
     n = _context_length(c)
     features = c.task.d + c.task.descriptor_dim
-    check_memory(5 * features**4 * 8, f"learner {c.spec!r} (the exact loss over B: {features} × {features})",
+    check_memory(quadratic_form_bytes(features), f"learner {c.spec!r} (the exact loss over B: {features} × {features})",
                  "task.d or task.n_means")  # fmt: skip
     b, loss = task_problem(cfg, c.task.seed, n).optimum()
     return Bilinear(b, f"descriptor_optimum(n={n})", loss)

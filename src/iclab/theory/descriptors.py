@@ -96,6 +96,16 @@ def _check_isotropic(matrix: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must be a multiple of the identity when the means are Gaussian (tau)")
 
 
+QUADRATIC_FORM_MATRICES = 5  # the (F², F²) form, gradient flow's Jacobian, work copies (3.4 GB at F = 100)
+
+
+def quadratic_form_bytes(features: int) -> int:
+    """The memory the exact loss over B: (F, F) takes at its peak (:class:`QuadraticLoss`, its optimum and the
+    gradient flow on it), F = ``features`` = d + the descriptor's length: QUADRATIC_FORM_MATRICES float64
+    matrices of F² × F². Callers check it before building one (iclab.limits.check_memory)."""
+    return QUADRATIC_FORM_MATRICES * features**4 * 8
+
+
 def descriptor_problem(
     n: float,
     d: int,
