@@ -266,3 +266,35 @@ def test_a_claim_check_that_says_no_exits_3_naming_it(checks, code, tmp_path, ca
         assert printed.err == "iclab: reproduce fake (quick): 2 of 3 claim checks failed: b; c\n"
     else:
         assert printed.err == ""
+
+
+def test_task_descriptors_quick(tmp_path, capsys):
+    """Huang & Ge at the quick size: every claim check says yes (one layer within 3 % of L* with and without μ,
+    B within 5 % of B*, with < without, flows within 1e-8 of L*, 2 layers below the one-layer optimum, one-hot
+    ids help). Checked independently: the exact loss of each trained one-layer model against its Monte Carlo
+    loss, and L* against the loss of the LSA built from B* on the same prompts (each within 4 s.e.)."""
+    out = tmp_path / "td"
+    assert main(["reproduce", "task_descriptors", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "NO " not in printed and printed.count("yes") == 13, printed
+    results = pd.read_csv(out / "results.csv").set_index("run_id")
+    assert len(results) == 6
+    one = results[results["layers"] == 1]
+    half_width = (one["loss_high"] - one["loss_low"]) / 2  # ≈ 2 s.e.
+    assert ((one["loss"] - one["exact_loss"]).abs() < 2 * half_width).all()
+    same = (results["optimum_loss_same_prompts"] - results["optimal_loss_1layer"]).abs()
+    assert (same < 2 * (results["loss_high"] - results["loss_low"])).all()
+    assert (one["gap_percent"] > -1e-9).all() and (one["gap_percent"] < 3).all()
+    deep = results[results["layers"] == 2]
+    assert (deep["minus_optimum_high"] < 0).all() and (deep["loss"] < deep["optimal_loss_1layer"]).all()
+    flow = pd.read_csv(out / "flow.csv")
+    assert len(flow) == 4 and (flow["final_gap"] < 1e-8).all()
+    assert flow[np.isinf(flow["n"]) & (flow["given"] == "with")]["optimal_loss"].iloc[0] == 0.0
+    claims = pd.read_csv(out / "claims.csv")
+    assert list(claims.columns) == ["claim", "paper", "iclab", "tolerance", "holds"] and claims["holds"].all()
+    for name in ("loss_vs_n", "flow", "weights", "depth", "onehot"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 20_000
+    report = (out / "report.md").read_text()
+    assert "| claim | paper | iclab | tolerance | holds |" in report
+    assert "iclab reproduce task_descriptors --quick" in report and report.count("iclab train ") == 6
+    assert "## Time" in report and "in 6 runs" in report

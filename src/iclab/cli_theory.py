@@ -245,14 +245,6 @@ def _flow_caption(args: argparse.Namespace) -> str:
     return "iclab theory flow " + " ".join([*args.overrides, *flags])
 
 
-ROUNDING = 1e-9  # |value| ≤ ROUNDING · scale prints as 0 (float64 rounding, e.g. the n = ∞ loss with μ)
-
-
-def _snap(value: float, scale: float) -> float:
-    """``value``, or 0.0 when it is 0 up to rounding relative to ``scale``."""
-    return 0.0 if abs(value) <= ROUNDING * scale else value
-
-
 def _descriptor_means(args: argparse.Namespace) -> np.ndarray | None:
     """The K fixed means of ``--means K`` as a run with ``seed=--seed task.n_means=K task.x_mean_std=--tau``
     draws them (None: μ ~ N(0, τ² I))."""
@@ -293,6 +285,7 @@ def _block_coefficients(b: np.ndarray, d: int, key: np.ndarray) -> dict[str, flo
 @_run
 def cmd_descriptors(args: argparse.Namespace) -> int:
     from iclab.theory.descriptors import descriptor_problem
+    from iclab.theory.quadratic import snap_zero
 
     check_flag("--d", args.d, ge=1, integer=True)
     _check_memory("descriptors", args.d)
@@ -312,10 +305,10 @@ def cmd_descriptors(args: argparse.Namespace) -> int:
         problem = descriptor_problem(n, args.d, descriptor=args.descriptor, **common)
         b, with_side = problem.optimum()
         scale = problem.c  # E y_q², the loss of predicting 0
-        loss_without, loss_with = _snap(without.optimum()[1], scale), _snap(with_side, scale)
-        blocks = {name: _snap(value, 1.0) for name, value in _block_coefficients(b, args.d, key).items()}
+        loss_without, loss_with = snap_zero(without.optimum()[1], scale), snap_zero(with_side, scale)
+        blocks = {name: snap_zero(value, 1.0) for name, value in _block_coefficients(b, args.d, key).items()}
         rows.append({"n": _n_json(n), "without": loss_without, "with": loss_with,
-                     "gap": _snap(loss_without - loss_with, scale), **blocks})  # fmt: skip
+                     "gap": snap_zero(loss_without - loss_with, scale), **blocks})  # fmt: skip
     if args.json:
         print(json.dumps(rows))
         return 0

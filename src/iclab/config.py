@@ -110,6 +110,10 @@ class ModelConfig(Section):
     def check_task(self, task: TaskConfig) -> None:
         """Raise ValueError (one line, naming the keys) when this model cannot read ``task``'s prompts."""
 
+    def resolved(self, task: TaskConfig) -> ModelConfig:
+        """This config with its task-dependent defaults (``auto`` values) made concrete for ``task``."""
+        return self
+
 
 class CurriculumConfig(Section):
     """Garg et al. (2022) curriculum: start small, grow d and n every ``every`` steps."""
@@ -209,14 +213,17 @@ class Config(Section):
     @model_validator(mode="before")
     @classmethod
     def _family_classes(cls, data: Any) -> Any:
-        """A task/model mapping is validated by its family's class (``name`` selects it)."""
+        """A task/model mapping is validated by its family's class (``name`` selects it); the model's ``auto``
+        values are then resolved for the task (:meth:`ModelConfig.resolved`)."""
         if not isinstance(data, dict):
             return data
         out = dict(data)
         for section, default in (("task", "linear"), ("model", "lsa")):
-            value = data.get(section)
+            value = data.get(section, {})
             if isinstance(value, dict):
                 out[section] = family_config(section, str(value.get("name", default))).model_validate(value)
+        if isinstance(out["task"], TaskConfig) and isinstance(out["model"], ModelConfig):
+            out["model"] = out["model"].resolved(out["task"])
         return out
 
     @model_validator(mode="after")

@@ -9,17 +9,27 @@ headline numbers and the claim checks.
 
 from __future__ import annotations
 
+import json
 import shlex
+import time
 from pathlib import Path
 
 from iclab.errors import UsageError
-from iclab.experiments import functional_gd, garg, mahankali, mlp_lsa, newton
+from iclab.experiments import functional_gd, garg, mahankali, mlp_lsa, newton, task_descriptors
 from iclab.experiments.grid import Executor, execute
 from iclab.experiments.recipe import Recipe, RunSpec
+from iclab.rundir import atomic_write_text
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
-    for recipe in (functional_gd.RECIPE, mlp_lsa.RECIPE, newton.RECIPE, mahankali.RECIPE, garg.RECIPE)
+    for recipe in (
+        functional_gd.RECIPE,
+        mlp_lsa.RECIPE,
+        newton.RECIPE,
+        mahankali.RECIPE,
+        task_descriptors.RECIPE,
+        garg.RECIPE,
+    )
 }
 
 __all__ = ["RECIPES", "Executor", "Recipe", "RunSpec", "list_run_commands", "reproduce"]
@@ -38,6 +48,7 @@ def reproduce(
     (``jobs`` at a time, or through ``executor``; finished runs are skipped) and return the analysis."""
     recipe = _recipe(name, size)
     out = Path(out)
+    start = time.perf_counter()
     runs = execute(
         recipe.plan(size),
         _runs_root(out),
@@ -47,7 +58,31 @@ def reproduce(
         executor=executor,
         allow_diverged=recipe.allow_diverged,
     )
-    return recipe.analyse(out, size, runs, device, progress)
+    result = recipe.analyse(out, size, runs, device, progress)
+    _finish_report(out / "report.md", name, size, runs, time.perf_counter() - start)
+    return result
+
+
+def _finish_report(path: Path, name: str, size: str, runs: dict[str, Path], seconds: float) -> None:
+    """Append to report.md (where the analysis wrote one) the exact commands that remake it and the time it took:
+    this invocation's wall time and the training time its runs' summary.json files record (runs trained earlier
+    count there too)."""
+    if not path.exists():
+        return
+    flag = "--quick" if size == "quick" else f"--size {size}"
+    out = path.parent
+    trained = sum(json.loads((run / "summary.json").read_text()).get("wall_seconds", 0.0) for run in runs.values())
+    text = path.read_text() + "\n## Commands\n\nAll of it (trains what is missing, then analyses):\n\n```bash\n"
+    text += f"iclab reproduce {name} {flag} --out {out}\n```\n\n"
+    text += "One run each, for any scheduler (then the command above only analyses):\n\n```bash\n"
+    text += "\n".join(list_run_commands(name, out, size)) + "\n```\n\n## Time\n\n"
+    text += f"- training: {_duration(trained)} in {len(runs)} runs (the sum of their summary.json wall_seconds)\n"
+    text += f"- this invocation: {_duration(seconds)} wall-clock, training what was missing and the analysis\n"
+    atomic_write_text(path, text)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def list_run_commands(name: str, out: Path, size: str = "full") -> list[str]:

@@ -252,8 +252,6 @@ def plot_losses(size: Size, results: pd.DataFrame, path: Path, caption_text: str
 def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
     """Compare each trained model with its exact optimum; write results.csv, claims.csv, figures/ and report.md
     into ``out``."""
-    from iclab.experiments import list_run_commands  # the package imports this module
-
     size = SIZES[size_name]
     results, gammas = compare_runs(size, runs, device)
     table = claims(size, results)
@@ -271,11 +269,6 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
                   holds=table["holds"].map({True: "yes", False: "NO"}))}  # fmt: skip
     report = report_text("Mahankali et al.: one-layer LSA = one (preconditioned) GD step", size_name, size,
                          setting, tables, checks)  # fmt: skip
-    flag = "--quick" if size_name == "quick" else f"--size {size_name}"
-    commands = [f"iclab reproduce mahankali {flag} --out {out}", *list_run_commands("mahankali", out, size_name)]
-    report += "\n## Commands\n\nAll of it (trains what is missing, then analyses):\n\n```bash\n" + commands[0]
-    report += "\n```\n\nOne run each, for any scheduler (then the command above only analyses):\n\n```bash\n"
-    report += "\n".join(commands[1:]) + "\n```\n"
     atomic_write_text(out / "report.md", report)
     return {"results": results, "claims": table, "checks": checks}
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -32,3 +34,20 @@ class Recipe:
     analyse: Callable[[Path, str, dict[str, Path], str, bool], dict]
     sizes: tuple[str, ...] = ("quick", "full")
     allow_diverged: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One checked claim of a reproduction: what is claimed (and where), the paper's statement or number, iclab's
+    measured number (with its interval where it has one), the tolerance it is held to, and whether it holds."""
+
+    claim: str
+    paper: str
+    iclab: str
+    tolerance: str
+    holds: bool
+
+
+def claims_frame(claims: list[Claim]) -> pd.DataFrame:
+    """claims.csv's table: one row per :class:`Claim`."""
+    return pd.DataFrame([asdict(claim) for claim in claims], columns=list(Claim.__dataclass_fields__))

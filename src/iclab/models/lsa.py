@@ -40,7 +40,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from iclab.config import ModelConfig
+from iclab.config import ModelConfig, TaskConfig
 from iclab.kernels import KERNELS, Kernel
 from iclab.models.base import InContextModel
 from iclab.models.hooks import HookPoint
@@ -53,13 +53,30 @@ class LSAConfig(ModelConfig):
     name: Literal["lsa"] = Field("lsa", description="model family")
     layers: int = Field(1, ge=1, description="number of attention layers")
     heads: int = Field(1, ge=1, description="attention heads per layer")
-    param: Literal["full", "sparse", "block"] = Field(
-        "full", description="free W_KQ, W_PV; the theory's sparse form; or sparse + a features block (GD++)"
+    param: Literal["auto", "full", "sparse", "block"] = Field(
+        "auto",
+        description="free W_KQ, W_PV; the theory's sparse form; sparse + a features block (GD++); auto: sparse "
+        "when x is mean-shifted (task.x_mean_std > 0), else full",
     )
     init: Literal["gaussian", "zero_block", "balanced"] = Field(
         "gaussian", description="all entries N(0, s²); only the sparse blocks; or the balanced GD-step init"
     )
     init_scale: float = Field(0.1, ge=0.0, description="s, the scale of the initial weights")
+
+    def resolved(self, task: TaskConfig) -> LSAConfig:
+        """``param=auto`` made concrete: ``sparse`` when ``task`` shifts x by a per-prompt mean, else ``full``.
+
+        Why: the full and block forms write back into the features, and every token of a prompt carries the
+        same mean μ (and descriptor), so a layer maps that shared part m to m + (1/n)·W_PV m (mᵀ W_KQ m) + …:
+        cubic, and L layers make it a polynomial of degree 3^L in μ. Adam's first steps move every entry by
+        about train.lr whatever the init scale, so on x ~ N(μ, I), μ ~ N(0, I) a 3-layer full LSA diverges at
+        step 1–100 with any init, learning rate, warm-up or clipping tried. The sparse form (the theory's,
+        Huang & Ge; Zhang, Frei, Bartlett) never changes the features: the prediction is linear in the labels
+        and of degree 2L + 1 in x, and it trains at every depth (docs/usage.md, "Forms")."""
+        if self.param != "auto":
+            return self
+        shifted = getattr(task, "x_mean_std", 0.0) > 0
+        return self.with_changes(param="sparse" if shifted else "full")
 
 
 class KernelAttentionConfig(LSAConfig):
@@ -258,6 +275,7 @@ class LSA(InContextModel):
 
 def build_lsa(cfg: LSAConfig, task, generator: torch.Generator) -> LSA:
     """An LSA (or kernel attention) sized for ``task`` (d, descriptor), initialised from ``generator``."""
+    cfg = cfg.resolved(task.cfg)  # param=auto, for a config not read through Config
     activation = cfg.activation if isinstance(cfg, KernelAttentionConfig) else "linear"
     model = LSA(LSAShape(task.d, task.descriptor_dim, cfg.layers, cfg.heads, cfg.param, activation))
     model.initialise(cfg.init, cfg.init_scale, generator)

@@ -76,6 +76,7 @@ class MLPLSA(InContextModel):
 
 def build_mlp_lsa(cfg: MLPLSAConfig, task, generator: torch.Generator) -> MLPLSA:
     """An MLP + LSA for ``task`` (d, descriptor), initialised from ``generator``."""
+    cfg = cfg.resolved(task.cfg)  # param=auto, for a config not read through Config
     shape = LSAShape(cfg.feature_dim, task.descriptor_dim, cfg.layers, cfg.heads, cfg.param, "linear")
     model = MLPLSA(task.d, cfg.mlp_hidden, cfg.feature_dim, shape)
     model.initialise(cfg.init, cfg.init_scale, generator)

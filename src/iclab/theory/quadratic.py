@@ -13,6 +13,13 @@ import numpy as np
 
 from iclab.theory.checks import as_matrix
 
+ROUNDING = 1e-9  # |value| ≤ ROUNDING · scale is 0 up to float64 rounding (e.g. the n = ∞ loss with μ: ~1e-13)
+
+
+def snap_zero(value: float, scale: float) -> float:
+    """``value``, or 0.0 when it is 0 up to rounding relative to ``scale`` (for a loss: E y², ``c``)."""
+    return 0.0 if abs(value) <= ROUNDING * scale else value
+
 
 @dataclass(frozen=True)
 class QuadraticLoss:
