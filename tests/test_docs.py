@@ -44,6 +44,9 @@ def test_config_show_prints_the_documented_defaults(task, model, capsys):
         text = "none" if value in (None, []) else str(value).lower() if isinstance(value, bool) else str(value)
         if isinstance(value, float):
             text = f"{value:g}"
+        if documented[key] == "auto":  # resolved for the task by the config itself: x is not mean-shifted here
+            assert (key, text) == ("model.param", "full"), key
+            continue
         assert text == documented[key] or key.endswith(".name"), key
 
 

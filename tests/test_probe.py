@@ -195,3 +195,41 @@ def test_ridge_and_least_squares_candidates_are_the_learners_solved_from_x():
     ridge = families["ridge"].path(alpha, 0)[0]
     torch.testing.assert_close(ridge, Ridge(alpha).predict_prefixes(xs, ys, xq), rtol=1e-10, atol=1e-10)
     assert torch.isfinite(ridge).all()
+
+
+def test_probe_readout_fits_one_least_squares_read_out_per_layer_over_every_prefix():
+    """Fu et al.'s read-out: for each layer, y_q ≈ [state, 1]·c fitted on the queries after every prefix k₀..n
+    at once equals numpy's lstsq on the same stacked states (float64); the all-prefix read-outs apply it."""
+    from iclab.probe.readout import all_prefix_probe_readouts
+
+    cfg = parse_config({}, ["model.name=gpt2", "model.layers=2", "model.width=16", "model.heads=2", "task.d=3",
+                            "task.n=6", "task.n_queries=2"])  # fmt: skip
+    task = make_task(cfg.task, seed=0)
+    from iclab.models import build_model
+
+    model = build_model(cfg.model, task, torch.Generator().manual_seed(0)).double()
+    fit = task.sample(200, make_generator(0, "fit"), dtype=F64)
+    probes = fit_linear_probes(model, fit, alpha=0.0, first_prefix=3)
+    for layer, probe in enumerate(probes):
+        rows, targets = [], []
+        for k in range(3, 7):
+            part = fit.prefix(k)
+            with torch.no_grad():
+                state = model.layer_states(part.xs, part.ys, part.xq)[layer]
+            flat = state.reshape(-1, state.shape[-1]).numpy()
+            rows.append(np.concatenate([flat, np.ones((len(flat), 1))], 1))
+            targets.append(part.yq.reshape(-1).numpy())
+        features = np.concatenate(rows)
+        expected = np.linalg.lstsq(features, np.concatenate(targets), rcond=None)[0]
+        # the fitted values (an untrained model's stream is ill-conditioned: normal equations lose ~1e-8 there)
+        np.testing.assert_allclose(features @ probe.coef.numpy(), features @ expected, rtol=0, atol=1e-6)
+    test = task.sample(30, make_generator(1, "test"), dtype=F64)
+    readouts = all_prefix_probe_readouts(model, probes, test, first_prefix=3)  # (L, B, 4, m)
+    assert readouts.shape == (2, 30, 4, 2)
+    with torch.no_grad():
+        last = model.layer_states(test.xs, test.ys, test.xq)[1]
+    torch.testing.assert_close(readouts[1, :, -1], last @ probes[1].coef[:-1] + probes[1].coef[-1])
+    settings = ProbeSettings(prompts=40, probe_prompts=80, queries=2, first_prefix=3, max_iterations=2, sweeps=2,
+                             readout="probe")  # fmt: skip
+    result = probe_model(model, task, settings, progress=False)
+    assert len(result.layers) == 2 and result.layers["sensitivity"].between(-1, 1).all()

@@ -39,7 +39,9 @@ def test_functional_gd_quick(tmp_path, capsys):
     assert matches["linear", "linear"] < 0.1  # the trained 1-layer LSA ≈ one functional-GD (= GD) step
     for name in ("heatmap.png", "layers.png", "context.png"):
         assert (out / "figures" / name).stat().st_size > 1000
-    assert "Claim checks" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()  # issue 12's format: every claim with its numbers, commands, time
+    assert "| claim | paper | iclab | tolerance | holds |" in report and "## Commands" in report
+    assert "## Time" in report and len(pd.read_csv(out / "claims.csv")) == report.count("| yes |") > 0
     # a second call reuses the finished runs
     assert main(["reproduce", "functional_gd", "--quick", "--out", str(out), "--quiet"]) == 0
 

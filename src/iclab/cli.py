@@ -317,12 +317,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         check_flag(flag, value, ge=low, integer=True)
     if args.metric not in ("difference", "sime"):
         raise UsageError(f"--metric must be one of difference, sime; got {args.metric!r}")
+    if args.readout not in ("model", "probe"):
+        raise UsageError(f"--readout must be one of model, probe; got {args.readout!r}")
     if args.first_prefix is not None:
         check_flag("--first-prefix", args.first_prefix, ge=1, integer=True)
     check_flag("--seed", args.seed, ge=0, integer=True)
     settings = ProbeSettings(prompts=args.prompts, queries=args.queries, first_prefix=args.first_prefix,
                              max_iterations=args.max_iterations, metric=args.metric, sweeps=args.sweeps,
-                             seed=args.seed)  # fmt: skip
+                             seed=args.seed, readout=args.readout)  # fmt: skip
     require_finished(args.run_dir, "probe")
     _check_probe_memory(Path(args.run_dir), settings)
     out = Path(args.out) if args.out else Path(args.run_dir) / "probe"
@@ -517,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-iterations", type=int, default=20, help="iteration counts 0..K tried (default 20)")
     probe.add_argument("--metric", default="difference",
                        help="fits hyper-parameters and ranks: prediction difference (default) or SimE")  # fmt: skip
+    probe.add_argument("--readout", default="model",
+                       help="what a layer predicts: the model's own read-out after it (default), or a linear probe "
+                       "fitted on its residual stream, shared by the prefixes (Fu et al.; for GPT-2)")  # fmt: skip
     probe.add_argument("--sweeps", type=int, default=20, help="query lines for piecewise constancy (default 20)")
     probe.add_argument("--seed", type=int, default=0, help="seed of the probe's prompts (default 0)")
     probe.add_argument("--quiet", action="store_true", help="no progress lines")

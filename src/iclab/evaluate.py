@@ -200,11 +200,27 @@ def sampled_loss_stats(
     """:func:`query_loss_stats` on ``count`` fresh prompts of ``task`` drawn ``chunk_size`` at a time from
     ``generator`` (the prompts of ``task.sample_in_chunks``), each chunk dropped once its losses are taken: the
     memory is one chunk of prompts and 8 bytes per prompt, whatever ``count``."""
-    losses = []
+    per_prompt = paired_prompt_losses([learner], task, count, generator, dtype, device, chunk_size)
+    return _loss_stats(per_prompt[:, 0], seed)
+
+
+def paired_prompt_losses(
+    learners: list[Learner],
+    task: Sampler,
+    count: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    chunk_size: int = 8192,
+) -> Tensor:
+    """Per-prompt query losses (count, K) float64 of K ``learners`` on the same ``count`` fresh prompts of
+    ``task``, drawn ``chunk_size`` at a time from ``generator`` (common random numbers: the interval of a
+    difference of two columns is far narrower than either's; :func:`loss_statistics` takes the columns)."""
+    columns = []
     for start in range(0, count, chunk_size):
         prompts = task.sample(min(chunk_size, count - start), generator, dtype=dtype).to(device)
-        losses.append(per_prompt_loss(learner, prompts, chunk_size))
-    return _loss_stats(torch.cat(losses), seed)
+        columns.append(torch.stack([per_prompt_loss(learner, prompts, chunk_size) for learner in learners], dim=1))
+    return torch.cat(columns)
 
 
 def error_curve(learner: Learner, prompts: Prompts, chunk_size: int = 256, seed: int = 0) -> ErrorCurve:

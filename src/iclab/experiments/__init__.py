@@ -15,7 +15,17 @@ import time
 from pathlib import Path
 
 from iclab.errors import UsageError
-from iclab.experiments import functional_gd, garg, mahankali, mlp_lsa, newton, task_descriptors
+from iclab.experiments import (
+    functional_gd,
+    garg,
+    mahankali,
+    mlp_lsa,
+    nath,
+    newton,
+    oswald,
+    task_descriptors,
+    zfb,
+)
 from iclab.experiments.grid import Executor, execute
 from iclab.experiments.recipe import Recipe, RunSpec
 from iclab.rundir import atomic_write_text
@@ -25,9 +35,12 @@ RECIPES: dict[str, Recipe] = {
     for recipe in (
         functional_gd.RECIPE,
         mlp_lsa.RECIPE,
+        oswald.RECIPE,
         newton.RECIPE,
         mahankali.RECIPE,
         task_descriptors.RECIPE,
+        zfb.RECIPE,
+        nath.RECIPE,
         garg.RECIPE,
     )
 }

@@ -25,8 +25,8 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import loss_statistics, per_prompt_loss
-from iclab.experiments.grid import load_finished, report_text
-from iclab.experiments.recipe import Recipe, RunSpec
+from iclab.experiments.grid import claims_report, load_finished
+from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
 from iclab.learners import from_model
 from iclab.learners.specs import parse_learner
 from iclab.plots import below_legend, caption, count_axis, recipe_caption, save_figure
@@ -139,35 +139,54 @@ def curves(size: Size, task_name: str, model: torch.nn.Module, device: str) -> p
     return pd.DataFrame(rows)
 
 
-def claim_checks(size: Size, results: pd.DataFrame) -> dict[str, bool]:
-    """The paper's headline claims that this size can test."""
-    at = results.set_index(["task", "learner", "k"])["normalised"]
-    checks = {}
+def claims(size: Size, results: pd.DataFrame) -> list[Claim]:
+    """The paper's headline claims that this size can test, each with the paper's number at d = 20."""
+    rows = results.set_index(["task", "learner", "k"])
+
+    def error(task: str, learner: str, k: int) -> str:
+        r = rows.loc[(task, learner, k)]
+        return f"{r.normalised:.3g} ({CONFIDENCE:.0%} interval {r.low:.3g}–{r.high:.3g})"
+
+    def at(task: str, learner: str, k: int) -> float:
+        return float(rows.loc[(task, learner, k), "normalised"])
+
+    found = []
     d = size.d
     if "linear" in size.tasks:
         n = CONTEXT["linear"] * d + 1
-        checks[f"linear: GPT-2 at n = {n} examples beats averaging and the zero predictor"] = bool(
-            at["linear", "gpt2", n] < min(at["linear", "averaging", n], 1.0)
-        )
+        found.append(Claim(
+            f"linear: GPT-2 at n = {n} examples beats averaging and the zero predictor",
+            "the transformer matches least squares, far below averaging",
+            f"GPT-2 {error('linear', 'gpt2', n)}, averaging {at('linear', 'averaging', n):.3g}, zero 1",
+            "below both", at("linear", "gpt2", n) < min(at("linear", "averaging", n), 1.0)))  # fmt: skip
         if d > 1:
-            checks[f"linear: GPT-2's normalised error at 2d = {2 * d} examples below 0.1"] = bool(
-                at["linear", "gpt2", 2 * d] < 0.1
-            )
+            found.append(Claim(
+                f"linear: GPT-2's normalised error at 2d = {2 * d} examples is small",
+                "d = 20: 0.02 at d examples, about 0.0006 at 2d (least squares 0 from d)",
+                f"GPT-2 {error('linear', 'gpt2', 2 * d)} at d = {d}", "< 0.1",
+                at("linear", "gpt2", 2 * d) < 0.1))  # fmt: skip
     if "sparse_linear" in size.tasks and d > 1:  # least squares is exact from k = d examples (no noise)
-        checks[f"sparse linear: GPT-2 below least squares at d − 1 = {d - 1} examples"] = bool(
-            at["sparse_linear", "gpt2", d - 1] < at["sparse_linear", "least_squares", d - 1]
-        )
+        found.append(Claim(
+            f"sparse linear: GPT-2 below least squares at d − 1 = {d - 1} examples",
+            "d = 20, 3 non-zero: 0.58 / 0.09 at 5 / 10 examples, like Lasso (0.62 / 0.08), far below least squares",
+            f"GPT-2 {error('sparse_linear', 'gpt2', d - 1)}, least squares "
+            f"{at('sparse_linear', 'least_squares', d - 1):.3g}", "GPT-2 below",
+            at("sparse_linear", "gpt2", d - 1) < at("sparse_linear", "least_squares", d - 1)))  # fmt: skip
     if "decision_tree" in size.tasks:
         k = CONTEXT["decision_tree"] * d
-        checks[f"decision trees: GPT-2 below the greedy tree at {k} examples"] = bool(
-            at["decision_tree", "gpt2", k] < at["decision_tree", "tree", k]
-        )
+        found.append(Claim(
+            f"decision trees: GPT-2 below the greedy tree at {k} examples",
+            "at 100 examples: transformer 0.12, greedy tree 0.80, XGBoost 0.62",
+            f"GPT-2 {error('decision_tree', 'gpt2', k)}, greedy tree {at('decision_tree', 'tree', k):.3g}",
+            "GPT-2 below", at("decision_tree", "gpt2", k) < at("decision_tree", "tree", k)))  # fmt: skip
     if "relu_net" in size.tasks:
         k = CONTEXT["relu_net"] * d
-        checks[f"ReLU networks: GPT-2 below least squares at {k} examples"] = bool(
-            at["relu_net", "gpt2", k] < at["relu_net", "least_squares", k]
-        )
-    return checks
+        found.append(Claim(
+            f"ReLU networks: GPT-2 below least squares at {k} examples",
+            "at 100 examples: transformer 0.17, as a 2-layer net trained on the prompt",
+            f"GPT-2 {error('relu_net', 'gpt2', k)}, least squares {at('relu_net', 'least_squares', k):.3g}",
+            "GPT-2 below", at("relu_net", "gpt2", k) < at("relu_net", "least_squares", k)))  # fmt: skip
+    return found
 
 
 def plot_curves(results: pd.DataFrame, path: Path, caption_text: str = "") -> None:
@@ -200,8 +219,9 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
     size = SIZES[size_name]
     models = load_finished(runs, device=device)
     results = pd.concat([curves(size, task, models[f"{task}_gpt2"], device) for task in size.tasks])
-    checks = claim_checks(size, results)
+    found = claims(size, results)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
+    atomic_write_text(out / "claims.csv", claims_frame(found).to_csv(index=False))
     curriculum = "the curriculum over d and n, " if size.curriculum_start is not None else ""
     setting = ("GPT-2 on interleaved tokens, loss of each next example's label (every prefix), "
                f"Adam ({size.schedule} lr), 64 fresh prompts a step, {curriculum}"
@@ -212,9 +232,9 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
                                                           values="normalised", sort=False).reset_index()  # fmt: skip
     table.columns = [f"k={c}" if isinstance(c, int) else c for c in table.columns]
     tables = {"Normalised error at selected numbers of examples": table}
-    atomic_write_text(out / "report.md", report_text("Garg et al.: GPT-2 in context", size_name, size, setting,
-                                                     tables, checks))  # fmt: skip
-    return {"results": results, "checks": checks}
+    report = claims_report("Garg et al.: GPT-2 in context", size_name, size, setting, found, tables)
+    atomic_write_text(out / "report.md", report)
+    return {"results": results, "checks": claim_checks(found)}
 
 
 RECIPE = Recipe(

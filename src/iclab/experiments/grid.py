@@ -14,12 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from iclab.config import parse_config
 from iclab.errors import ResourceError
-from iclab.experiments.recipe import RunSpec
+from iclab.experiments.recipe import Claim, RunSpec, claims_frame
 from iclab.interrupts import sigint_ignored
 from iclab.models import InContextModel
 from iclab.plots import markdown_table
@@ -312,14 +313,19 @@ def training_overrides(steps: int, batch_size: int, lr: float, grad_clip: float 
     ]
 
 
-def report_text(title: str, size_name: str, size: object, setting: str, tables: dict, checks: dict[str, bool]) -> str:
-    """report.md: the title and size, every field of the ``size`` dataclass, a line on the ``setting``, each
-    ``{heading: DataFrame}`` as a markdown table, and the claim checks (yes/NO)."""
+def claims_report(
+    title: str, size_name: str, size: object, setting: str, claims: list[Claim], tables: dict[str, pd.DataFrame]
+) -> str:
+    """report.md: the title and size, every field of the ``size`` dataclass, a line on the ``setting``, the
+    claims (each: what is claimed, the paper's statement or number, iclab's number, the tolerance, yes/NO), then
+    each ``{heading: DataFrame}`` as a markdown table. ``reproduce`` appends the commands and the time."""
     lines = [f"# {title} ({size_name} size)", "", "Settings:", ""]
     lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
-    lines += [f"- {setting}"]
-    for heading, table in tables.items():
-        lines += ["", f"## {heading}", "", markdown_table(table)]
-    lines += ["", "## Claim checks", ""]
-    lines += [f"- {claim}: {'yes' if ok else 'NO'}" for claim, ok in checks.items()]
+    lines += [f"- {setting}", "", "## Claims", ""]
+    lines += ["Each claim as the paper states it, iclab's measured number (with its interval where it is an "
+              "estimate), the tolerance it is held to, and whether it holds.", ""]  # fmt: skip
+    table = claims_frame(claims)
+    lines += [markdown_table(table.assign(holds=table["holds"].map({True: "yes", False: "NO"})))]
+    for heading, frame in tables.items():
+        lines += ["", f"## {heading}", "", markdown_table(frame)]
     return "\n".join(lines) + "\n"

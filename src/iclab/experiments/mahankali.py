@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from iclab.experiments.grid import report_text, training_overrides
-from iclab.experiments.recipe import Recipe, RunSpec
+from iclab.experiments.grid import claims_report, training_overrides
+from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
 from iclab.plots import caption, clipped_label, outside_legend, readable_log_axis, recipe_caption, save_figure
 from iclab.rundir import atomic_write_text
 from iclab.runs import load_model
@@ -140,34 +140,33 @@ def compare_runs(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.Dat
     return pd.DataFrame(rows), gammas
 
 
-def claims(size: Size, results: pd.DataFrame) -> pd.DataFrame:
-    """Every claim checked: the paper's statement, the setting, iclab's number, the tolerance, whether it holds."""
-    rows = []
+def claims(size: Size, results: pd.DataFrame) -> list[Claim]:
+    """Every claim checked: in each setting, the paper's statement, iclab's number, the tolerance, whether it
+    holds."""
+    found = []
     for r in results.itertuples():
         setting = f"{LABELS[r.setting]}, σ = {r.noise_std:g}"
         if r.setting == "anisotropic":
-            optimum = "the optimum is one step of preconditioned GD, Γ* = Σ_w Λ M⁻¹"
+            optimum = "the optimum is one step of preconditioned GD, Γ* = Σ_w Λ M⁻¹ (Mahankali et al.; Ahn et al.)"
         elif r.setting == "isotropic":
             optimum = f"the optimum is one GD step, Γ* = η* I with η* = n/(n + d + 1 + σ²) = {r.eta_star:.4g}"
         else:
             optimum = f"still one GD step for y = {r.setting}(wᵀx) + ε, Γ* = η* I with η* = {r.eta_star:.4g}"
-        rows.append({"claim": f"{optimum}: the trained Γ matches it", "setting": setting,
-                     "iclab": f"‖Γ − Γ*‖_F/‖Γ*‖_F = {r.gamma_distance:.2%}",
-                     "tolerance": f"< {size.gamma_tolerance:.0%}",
-                     "holds": bool(r.gamma_distance < size.gamma_tolerance)})  # fmt: skip
-        rows.append({"claim": "trained, it reaches the global minimum (ZFB): exact loss of the trained weights ≈ L*",
-                     "setting": setting,
-                     "iclab": f"{r.exact_loss_trained:.6g} vs L* = {r.optimal_loss:.6g} ({r.gap_percent:+.3g} %)",
-                     "tolerance": f"< {size.loss_tolerance:.0%} above L*",
-                     "holds": bool(r.gap_percent < 100 * size.loss_tolerance)})  # fmt: skip
+        found.append(Claim(f"{setting}: the trained Γ matches the optimum", optimum,
+                           f"‖Γ − Γ*‖_F/‖Γ*‖_F = {r.gamma_distance:.2%}", f"< {size.gamma_tolerance:.0%}",
+                           bool(r.gamma_distance < size.gamma_tolerance)))  # fmt: skip
+        found.append(Claim(f"{setting}: training reaches the global minimum",
+                           "trained from a suitable init, a one-layer LSA converges to it (Zhang, Frei, Bartlett)",
+                           f"exact loss of the trained weights {r.exact_loss_trained:.6g} vs L* = "
+                           f"{r.optimal_loss:.6g} ({r.gap_percent:+.3g} %)", f"< {size.loss_tolerance:.0%} above L*",
+                           bool(r.gap_percent < 100 * size.loss_tolerance)))  # fmt: skip
         if r.setting == "anisotropic":
             plain = 100 * (r.best_gd_step_loss / r.optimal_loss - 1)
-            rows.append({"claim": "preconditioning matters: the trained LSA beats the best plain GD step",
-                         "setting": setting,
-                         "iclab": f"best plain GD step {plain:+.3g} % above L*, trained {r.gap_percent:+.3g} %",
-                         "tolerance": "trained below plain GD",
-                         "holds": bool(r.exact_loss_trained < r.best_gd_step_loss)})  # fmt: skip
-    return pd.DataFrame(rows)
+            found.append(Claim(f"{setting}: preconditioning matters, the trained LSA beats the best plain GD step",
+                               "on anisotropic x the optimum is preconditioned GD, not a plain step",
+                               f"best plain GD step {plain:+.3g} % above L*, trained {r.gap_percent:+.3g} %",
+                               "trained below plain GD", bool(r.exact_loss_trained < r.best_gd_step_loss)))  # fmt: skip
+    return found
 
 
 def plot_gammas(size: Size, gammas: dict[str, tuple], results: pd.DataFrame, path: Path, caption_text: str) -> None:
@@ -254,23 +253,20 @@ def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progr
     into ``out``."""
     size = SIZES[size_name]
     results, gammas = compare_runs(size, runs, device)
-    table = claims(size, results)
-    checks = {f"{r.setting}: {r.claim} ({r.iclab}; tolerance {r.tolerance})": r.holds for r in table.itertuples()}
+    found = claims(size, results)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
-    atomic_write_text(out / "claims.csv", table.to_csv(index=False))
+    atomic_write_text(out / "claims.csv", claims_frame(found).to_csv(index=False))
     spectrum = ", ".join(f"{v:g}" for v in size.x_cov_diag)
     setting = (f"one-layer LSA, sparse form ŷ = x_qᵀ Γ h, balanced init; Adam, clipping 1.0; anisotropic x: "
                f"Λ = diag({spectrum}); exact losses, no Monte Carlo")  # fmt: skip
     caption_text = recipe_caption("mahankali", size_name, out, size, setting)
     plot_gammas(size, gammas, results, out / "figures" / "gamma_heatmaps.png", caption_text)
     plot_losses(size, results, out / "figures" / "losses.png", caption_text)
-    tables = {"Trained weights vs the exact optimum (one row per run)": results,
-              "Claims: the paper's statement, iclab's number, the tolerance": table.assign(
-                  holds=table["holds"].map({True: "yes", False: "NO"}))}  # fmt: skip
-    report = report_text("Mahankali et al.: one-layer LSA = one (preconditioned) GD step", size_name, size,
-                         setting, tables, checks)  # fmt: skip
+    tables = {"Trained weights vs the exact optimum (one row per run)": results}
+    report = claims_report("Mahankali et al.: one-layer LSA = one (preconditioned) GD step", size_name, size,
+                           setting, found, tables)  # fmt: skip
     atomic_write_text(out / "report.md", report)
-    return {"results": results, "claims": table, "checks": checks}
+    return {"results": results, "claims": claims_frame(found), "checks": claim_checks(found)}
 
 
 RECIPE = Recipe(

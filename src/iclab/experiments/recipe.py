@@ -51,3 +51,8 @@ class Claim:
 def claims_frame(claims: list[Claim]) -> pd.DataFrame:
     """claims.csv's table: one row per :class:`Claim`."""
     return pd.DataFrame([asdict(claim) for claim in claims], columns=list(Claim.__dataclass_fields__))
+
+
+def claim_checks(claims: list[Claim]) -> dict[str, bool]:
+    """What ``reproduce`` prints and exits on: ``{claim (iclab's number; tolerance): holds}``."""
+    return {f"{c.claim} ({c.iclab}; tolerance {c.tolerance})": c.holds for c in claims}

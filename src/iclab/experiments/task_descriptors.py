@@ -27,17 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from iclab.evaluate import loss_statistics, per_prompt_loss
-from iclab.experiments.grid import report_text
-from iclab.experiments.recipe import Claim, Recipe, RunSpec, claims_frame
+from iclab.evaluate import loss_statistics, paired_prompt_losses
+from iclab.experiments.grid import claims_report
+from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
 from iclab.learners import from_model
-from iclab.models import InContextModel
 from iclab.plots import caption, outside_legend, readable_log_axis, recipe_caption, save_figure
 from iclab.rundir import atomic_write_text
 from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
-from iclab.tasks.base import Sampler
 from iclab.theory.compare import compare_with_theory
 from iclab.theory.descriptors import descriptor_problem, task_problem
 from iclab.theory.gradient_flow import gradient_flow, initial_weights
@@ -45,7 +43,6 @@ from iclab.theory.lsa_weights import lsa_from_bilinear
 from iclab.theory.quadratic import ROUNDING, snap_zero
 
 WITH, WITHOUT = "with", "without"
-CHUNK = 4096  # prompts per evaluation chunk
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class Size:
     seeds: int  # seeds of the one-layer and d-dimensional runs (the larger d: one seed)
     steps: int  # one-layer runs
     deep_steps: int  # runs with two or more layers
-    batch_size: int  # prompts per step at d (the larger d: batch_size·d/d', at least 512)
+    batch_size: int  # prompts per step at d (at d' > d: batch_size·(d/d')², at least 512)
     tau: float = 1.0
     lr: float = 0.03  # one-layer runs (cosine decay)
     deep_lr: float = 0.01  # runs with two or more layers
@@ -119,7 +116,7 @@ def runs(size: Size) -> list[Run]:
 
 
 def overrides(size: Size, run: Run) -> tuple[str, ...]:
-    batch = max(size.batch_size * size.d // run.d, 512) if run.d != size.d else size.batch_size
+    batch = max(size.batch_size * size.d**2 // run.d**2, 512)  # a step's cost grows as d²·n ∝ d³
     steps = size.steps if run.layers == 1 else size.deep_steps
     task = [f"task.d={run.d}", f"task.n={run.n}", f"task.x_mean_std={size.tau:g}", f"task.descriptor={run.descriptor}"]
     if run.n_means:
@@ -145,20 +142,6 @@ def plan(size_name: str) -> list[RunSpec]:
     return [RunSpec(run.run_id, overrides(size, run)) for run in runs(size)]
 
 
-def paired_losses(model: InContextModel, optimum: InContextModel, sampler: Sampler, count: int,
-                  generator: torch.Generator, device: str) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """The loss of ``model`` and of the optimal one-layer LSA ``optimum`` on the same ``count`` fresh prompts
-    (float64): :func:`loss_statistics` (mean, s.e., low, high, top share) of the columns (model, optimum,
-    model − optimum), each (3,)."""
-    model, optimum = model.double().to(device), optimum.double().to(device)
-    columns = []
-    for start in range(0, count, CHUNK):
-        prompts = sampler.sample(min(CHUNK, count - start), generator, dtype=torch.float64).to(device)
-        pair = [per_prompt_loss(from_model(m), prompts) for m in (model, optimum)]
-        columns.append(torch.stack([pair[0], pair[1], pair[0] - pair[1]], dim=1))
-    return loss_statistics(torch.cat(columns))
-
-
 def measure(size: Size, run_dirs: dict[str, Path], device: str) -> pd.DataFrame:
     """One row per run: its loss and the optimal one-layer LSA's on the same fresh prompts (means and 95 %
     intervals, and of their difference), L* of its task, and for one-layer runs the exact loss of the trained
@@ -170,7 +153,9 @@ def measure(size: Size, run_dirs: dict[str, Path], device: str) -> pd.DataFrame:
         best, optimal_loss = problem.optimum()
         sampler, generator = make_task(cfg.task, cfg.seed), make_generator(cfg.seed, "analysis")
         optimum = lsa_from_bilinear(best, cfg.task.d)
-        mean, _, low, high, _ = paired_losses(model, optimum, sampler, size.eval_prompts, generator, device)
+        learners = [from_model(m.double().to(device)) for m in (model, optimum)]
+        losses = paired_prompt_losses(learners, sampler, size.eval_prompts, generator, device=device)
+        mean, _, low, high, _ = loss_statistics(torch.cat([losses, losses[:, :1] - losses[:, 1:]], dim=1))
         row = {**run.__dict__, "given": run.given, "run_id": run.run_id, "loss": float(mean[0]),
                "loss_low": float(low[0]), "loss_high": float(high[0]), "optimum_loss_same_prompts": float(mean[1]),
                "minus_optimum": float(mean[2]), "minus_optimum_low": float(low[2]),
@@ -217,7 +202,7 @@ def claims(size: Size, results: pd.DataFrame, flow_table: pd.DataFrame) -> list[
             f"one layer, {r.given} descriptor, n = {r.n}: training reaches the global minimum",
             "Thm 4.1: from the balanced init, gradient flow reaches the global minimiser (finite n)",
             f"exact loss of the trained weights {r.exact_loss:.5g} vs L* = {r.optimal_loss_1layer:.5g} "
-            f"({r.gap_percent:+.3g} %; mean of {size.seeds} seeds)",
+            f"({r.gap_percent:+.3g} %; mean of {size.seeds} seed{'s' if size.seeds > 1 else ''})",
             f"< {size.loss_tolerance:.0%} above L*", bool(r.gap_percent < 100 * size.loss_tolerance)))  # fmt: skip
         if r.n == size.n:
             found.append(Claim(
@@ -446,11 +431,12 @@ def analyse(out: Path, size_name: str, run_dirs: dict[str, Path], device: str, p
     results = measure(size, run_dirs, device)
     flow_table, curves = flows(size)
     gaps = gap_table(size, results)
-    table = claims_frame(claims(size, results, flow_table))
+    found = claims(size, results, flow_table)
+    table = claims_frame(found)
     seen = observations(size, gaps)
-    for name, frame in (("results", results), ("flow", flow_table), ("gaps", gaps), ("claims", table),
-                        ("observations", seen)):  # fmt: skip
-        atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
+    for name, frame in (("results.csv", results), ("flow.csv", flow_table), ("gaps.csv", gaps),
+                        ("claims.csv", table), ("observations.csv", seen)):  # fmt: skip
+        atomic_write_text(out / name, frame.to_csv(index=False))
     setting = (f"x ~ N(μ, I), μ ~ N(0, {size.tau:g}² I) per prompt (or one of K fixed means), w ~ N(0, I), y = wᵀx; "
                "sparse LSA (the paper's model), balanced init, Adam, clipping 1.0")  # fmt: skip
     text = recipe_caption("task_descriptors", size_name, out, size, setting)
@@ -466,18 +452,14 @@ def analyse(out: Path, size_name: str, run_dirs: dict[str, Path], device: str, p
     plot_weights(size, pairs, distances, figures / "weights.png", text)
     plot_depth(size, results, gaps, figures / "depth.png", text)
     plot_onehot(size, results, figures / "onehot.png", text)
-    checks = {f"{r.claim} ({r.iclab}; tolerance {r.tolerance})": r.holds for r in table.itertuples()}
-    shown = results.drop(columns=["given"])
-    tables = {"Claims: the paper's statement, iclab's number, the tolerance": table.assign(
-                  holds=table["holds"].map({True: "yes", False: "NO"})),
-              "The with/without gap vs depth and d (paper's shapes, reported as measured)": seen,
+    tables = {"The with/without gap vs depth and d (the paper's shapes, reported as measured)": seen,
               "Gap per d and depth (losses on fresh prompts)": gaps,
               "Gradient flow from the balanced initialisation": flow_table,
-              "Every run": shown}  # fmt: skip
-    report = report_text("Huang & Ge: task descriptors in one-layer and deeper LSAs", size_name, size, setting,
-                         tables, checks)  # fmt: skip
+              "Every run": results.drop(columns=["given"])}  # fmt: skip
+    report = claims_report("Huang & Ge: task descriptors in one-layer and deeper LSAs", size_name, size, setting,
+                           found, tables)  # fmt: skip
     atomic_write_text(out / "report.md", report)
-    return {"results": results, "claims": table, "gaps": gaps, "flow": flow_table, "checks": checks}
+    return {"results": results, "claims": table, "gaps": gaps, "flow": flow_table, "checks": claim_checks(found)}
 
 
 RECIPE = Recipe(

@@ -69,13 +69,19 @@ def _query_features(
     return features
 
 
-def fit_linear_probes(model: InContextModel, prompts: Prompts, alpha: float = 1e-8) -> list[LinearProbe]:
+def fit_linear_probes(
+    model: InContextModel, prompts: Prompts, alpha: float = 1e-8, first_prefix: int | None = None
+) -> list[LinearProbe]:
     """One least-squares probe per layer from the query's residual stream to y_q (ridge ``alpha`` relative
-    to the features' mean square keeps a rank-deficient stream solvable)."""
-    targets = prompts.yq.reshape(-1).double()
+    to the features' mean square keeps a rank-deficient stream solvable). ``first_prefix``: one probe per
+    layer fitted on the queries after every context prefix first_prefix..n together (Fu et al.'s read-out,
+    shared by the positions); None: after the full context only."""
+    prefixes = [prompts] if first_prefix is None else [prompts.prefix(k) for k in range(first_prefix, prompts.n + 1)]
+    per_prefix = [_query_features(model, p.xs, p.ys, p.xq, p.descriptor) for p in prefixes]
+    targets = torch.cat([p.yq.reshape(-1).double() for p in prefixes])
     probes = []
-    streams = _query_features(model, prompts.xs, prompts.ys, prompts.xq, prompts.descriptor)
-    for layer, features in enumerate(streams, start=1):
+    for layer, parts in enumerate(zip(*per_prefix, strict=True), start=1):
+        features = torch.cat(parts)
         gram = features.T @ features
         ridge = alpha * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         probes.append(LinearProbe(layer, torch.linalg.solve(gram + ridge, features.T @ targets)))
@@ -93,3 +99,19 @@ class ProbeReadout(Learner):
         features = _query_features(self.model, xs, ys, xq, descriptor)[self.probe.layer - 1]
         coef = self.probe.coef.to(features.device)
         return (features @ coef).view(xq.shape[:2]).to(xs.dtype)
+
+
+def all_prefix_probe_readouts(
+    model: InContextModel, probes: list[LinearProbe], prompts: Prompts, first_prefix: int = 1
+) -> Tensor:
+    """:func:`all_prefix_readouts` with each layer's fitted linear probe as its read-out (Fu et al.: freeze the
+    model, re-train only the read-out after each layer): (L, B, n − first_prefix + 1, m) float64."""
+    per_prefix = []
+    for k in range(first_prefix, prompts.n + 1):
+        part = prompts.prefix(k)
+        features = _query_features(model, part.xs, part.ys, part.xq, part.descriptor)
+        layers = [
+            (f @ probe.coef.to(f.device)).view(part.xq.shape[:2]) for f, probe in zip(features, probes, strict=True)
+        ]
+        per_prefix.append(torch.stack(layers))
+    return torch.stack(per_prefix, dim=2)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from iclab.config import describe
 from iclab.errors import UserError
@@ -28,7 +30,14 @@ from iclab.probe.matching import (
     sensitivity_cosine,
 )
 from iclab.probe.piecewise import Sweep, plot_sweeps, summarise, sweep_queries
-from iclab.probe.readout import LayerReadout, ProbeReadout, all_prefix_readouts, fit_linear_probes
+from iclab.probe.readout import (
+    LayerReadout,
+    LinearProbe,
+    ProbeReadout,
+    all_prefix_probe_readouts,
+    all_prefix_readouts,
+    fit_linear_probes,
+)
 from iclab.probe.weights import LayerWeights, compare_with_gd_construction, plot_weights
 from iclab.rundir import atomic_write_text, run_outputs
 from iclab.runs import load_model
@@ -55,6 +64,7 @@ class ProbeSettings:
     metric: str = "difference"
     sweeps: int = 20
     seed: int = 0
+    readout: str = "model"  # what a layer predicts: the model's own read-out, or a fitted linear "probe"
 
 
 @dataclass
@@ -112,8 +122,12 @@ def probe_model(
     layers = model.num_layers
 
     say(f"probe: read-outs and linear probes of {layers} layer(s) on {prompts.batch} prompts")
-    readouts = all_prefix_readouts(model, prompts, first_prefix)  # (L, B, n − first_prefix + 1, m)
-    probes = fit_linear_probes(model, fit_prompts)
+    if settings.readout == "probe":  # Fu et al.: a read-out fitted after each layer, shared by the prefixes
+        probes = fit_linear_probes(model, fit_prompts, first_prefix=first_prefix)
+        readouts = all_prefix_probe_readouts(model, probes, prompts, first_prefix)
+    else:
+        probes = fit_linear_probes(model, fit_prompts)
+        readouts = all_prefix_readouts(model, prompts, first_prefix)  # (L, B, n − first_prefix + 1, m)
     curves = {}
     for layer in range(1, layers + 1):
         curves[f"layer {layer}"] = error_curve(LayerReadout(model, layer), prompts)
@@ -130,10 +144,8 @@ def probe_model(
         readout = readouts[layer - 1]
         grid = matcher.grid_matches(layer, readout)
         grid_rows += [asdict(match) for match in grid]
-        model_sensitivity = input_sensitivity(
-            lambda xs, ys, xq, side, layer=layer: model.layer_readouts(xs, ys, xq, side)[layer - 1],
-            prompts,
-        )
+        model_sensitivity = input_sensitivity(partial(_layer_prediction, model, layer, probes, settings.readout),
+                                              prompts)  # fmt: skip
         best = matcher.best_per_family(grid, readout)
         for match in best:
             learner_sensitivity = input_sensitivity(matcher.learner(match).predict, prompts)
@@ -169,6 +181,17 @@ def probe_model(
         reference_name=reference.name,
         settings=settings,
     )
+
+
+def _layer_prediction(
+    model: InContextModel, layer: int, probes: list[LinearProbe], readout: str, xs: Tensor, ys: Tensor, xq: Tensor,
+    descriptor: Tensor | None,
+) -> Tensor:  # fmt: skip
+    """What layer ``layer`` predicts, differentiable in xq: (B, m) — the model's read-out, or its fitted probe."""
+    if readout == "model":
+        return model.layer_readouts(xs, ys, xq, descriptor)[layer - 1]
+    coef = probes[layer - 1].coef
+    return model.layer_states(xs, ys, xq, descriptor)[layer - 1] @ coef[:-1] + coef[-1]
 
 
 def _best_iterations(grid: list[Match], family: str, metric: str) -> int:

@@ -1,0 +1,519 @@
+"""Zhang, Frei, Bartlett (JMLR 2024, "Trained transformers learn linear models in-context"; ZFB) and Ahn, Cheng,
+Daneshmand, Sra (NeurIPS 2023, "Transformers learn to implement preconditioned gradient descent for in-context
+learning"): on anisotropic x a trained linear self-attention (LSA) runs preconditioned gradient descent.
+
+Setting (PAPERS.md, "One-layer LSA theory"): x ~ N(0, Λ), Λ = Q diag(λ) Qᵀ with λ = ``x_cov_diag`` and Q = I
+(``diag``) or one fixed Haar rotation drawn from the seed (``rotated``: ``task.rotation=fixed``, so no optimum
+below is diagonal); noise-free labels y = wᵀx. Every model is an LSA in the sparse form (W_KQ on x only,
+W_PV on the label only), balanced initialisation (ZFB's), Adam with clipping 1.0, fresh prompts every step.
+
+- **ZFB (one layer, w ~ N(0, I))**: the LSA predicts ŷ = x_qᵀ Γ h, h = (1/n) Σ_i y_i x_i, Γ = −v Aᵀ; trained,
+  Γ → Γ* = ((1 + 1/n) Λ + tr(Λ)/n · I)⁻¹ (ZFB's main theorem; the same optimum as Ahn et al.'s one-layer
+  theorem). The recipe writes this closed form itself (:func:`zfb_gamma`) and checks it against the independent
+  derivation Γ* = Σ_w Λ M⁻¹ of :func:`iclab.theory.lsa.lsa_optimum`. Over a grid of n, both bases: the trained
+  Γ against Γ*, the exact loss of the trained weights (:func:`lsa_loss`, no Monte Carlo) against L*(n), and
+  Γ* → Λ⁻¹ as n → ∞ (the preconditioner of Newton's method / whitened GD), trained Γ beside it. Beside the
+  training, the gradient flow ZFB analyse, integrated on the exact population loss from the balanced init
+  (:func:`iclab.theory.gradient_flow.gradient_flow`), reaches L* at every n.
+- **Ahn et al. (1–3 layers, w ~ N(0, Λ⁻¹), rotated Λ)**: their multi-layer theorem has a critical point where
+  every layer's key-query block is A_ℓ = a_ℓ Λ⁻¹ (L steps of GD preconditioned by Λ⁻¹); for one layer the
+  optimum is Γ* = n/(n + d + 1) · Λ⁻¹ (Σ_w Λ M⁻¹ with Σ_w = Λ⁻¹). Per trained layer: the cosine (Frobenius)
+  of Γ_ℓ = −v_ℓ A_ℓᵀ with Λ⁻¹ and with I, and a_ℓ = ⟨Γ_ℓ, Λ⁻¹⟩/‖Λ⁻¹‖²; per model: its loss on fresh prompts
+  against the one-layer optimum's on the same prompts (95 % bootstrap intervals of the paired difference).
+
+What :mod:`iclab.experiments.mahankali` does not: the n grid and the n → ∞ limit, a rotated Λ, the closed form
+checked against the general one, the gradient flow, and depth. Expected time on 2 CPU cores (runs trained one
+after another, one torch thread): quick ≈ 30–40 s (28 s of CPU measured); full ≈ 25 min, about 20 min of CPU
+from its measured pieces (one-layer d = 5, 6000 steps of 2048 prompts: ≈ 50 s at n = 5, ≈ 150 s at n = 80,
+10 such runs; the 3-layer run ≈ 2 min), well inside 2 hours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from iclab.evaluate import loss_statistics, paired_prompt_losses
+from iclab.experiments.grid import claims_report, training_overrides
+from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
+from iclab.learners import from_model
+from iclab.models.lsa import LSA
+from iclab.plots import caption, clipped_label, outside_legend, readable_log_axis, recipe_caption, save_figure
+from iclab.rundir import atomic_write_text
+from iclab.runs import load_model
+from iclab.seeding import make_generator
+from iclab.tasks import make_task
+from iclab.theory.descriptors import task_problem
+from iclab.theory.gradient_flow import gradient_flow, initial_weights
+from iclab.theory.lsa import lsa_loss, lsa_moment, lsa_optimum
+from iclab.theory.lsa_weights import effective_gamma, lsa_from_gamma
+
+BASES = {"diag": "none", "rotated": "fixed"}  # basis of Λ → task.rotation
+LABELS = {"diag": "diagonal Λ", "rotated": "rotated Λ"}
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size of the experiment (one seed; every run a sparse LSA from the balanced init)."""
+
+    d: int
+    x_cov_diag: tuple[float, ...]  # eigenvalues λ of Λ (length d)
+    n_grid: tuple[int, ...]  # one-layer ZFB runs at each n, in each basis
+    depth_n: int  # context length of the depth study (Ahn et al.)
+    depths: tuple[int, ...]  # layers of the depth study (1 first: the one-layer optimum's run)
+    steps: int  # one-layer runs
+    deep_steps: int  # runs with two or more layers
+    batch_size: int
+    lr: float = 0.01  # Adam, cosine decay (every run)
+    eval_prompts: int = 20_000  # fresh prompts for the depth study's paired losses
+    flow_t_max: float = 1e4
+    loss_tolerance: float = 0.03  # trained one-layer exact loss within this of L* (relative)
+    gamma_tolerance: float = 0.05  # ‖Γ − Γ*‖_F/‖Γ*‖_F below this
+    closed_form_tolerance: float = 1e-10  # ZFB's Γ* against Σ_w Λ M⁻¹ (relative, Frobenius)
+    flow_tolerance: float = 1e-8  # gradient flow's L(θ(T)) − L* below this
+    cosine_floor: float = 0.95  # every trained layer: cos(Γ_ℓ, Λ⁻¹) at least this (and above cos(Γ_ℓ, I))
+
+
+FULL = Size(d=5, x_cov_diag=(4.0, 2.0, 1.0, 0.5, 0.25), n_grid=(5, 10, 20, 40, 80), depth_n=20, depths=(1, 2, 3),
+            steps=6000, deep_steps=4000, batch_size=2048)  # fmt: skip
+QUICK = Size(d=3, x_cov_diag=(2.0, 1.0, 0.5), n_grid=(5, 20, 80), depth_n=20, depths=(1, 2), steps=400,
+             deep_steps=800, batch_size=1024, lr=0.02, eval_prompts=8192)  # fmt: skip
+SIZES = {"quick": QUICK, "full": FULL}
+
+
+def zfb_id(basis: str, n: int) -> str:
+    return f"zfb_{basis}_n{n}"
+
+
+def ahn_id(layers: int) -> str:
+    return f"ahn_L{layers}"
+
+
+def plan(size_name: str) -> list[RunSpec]:
+    """One-layer runs (w ~ N(0, I)) at every n in both bases, and the depth study (w ~ N(0, Λ⁻¹), rotated Λ)."""
+    size = SIZES[size_name]
+    spectrum = "task.x_cov_diag=" + ",".join(f"{value:g}" for value in size.x_cov_diag)
+    model = ("model.param=sparse", "model.init=balanced")
+    specs = [
+        RunSpec(zfb_id(basis, n), (f"task.d={size.d}", f"task.n={n}", spectrum, f"task.rotation={rotation}",
+                                   "model.layers=1", *model, *training_overrides(size.steps, size.batch_size, size.lr)))
+        for basis, rotation in BASES.items()
+        for n in size.n_grid
+    ]  # fmt: skip
+    for layers in size.depths:
+        steps = size.steps if layers == 1 else size.deep_steps
+        task = (f"task.d={size.d}", f"task.n={size.depth_n}", spectrum, "task.rotation=fixed", "task.w_cov=inverse_x")
+        training = training_overrides(steps, size.batch_size, size.lr)
+        specs.append(RunSpec(ahn_id(layers), (*task, f"model.layers={layers}", *model, *training)))
+    return specs
+
+
+def zfb_gamma(x_cov: np.ndarray, n: float) -> np.ndarray:
+    """ZFB's optimum (w ~ N(0, I), no noise): Γ* = ((1 + 1/n) Λ + tr(Λ)/n · I)⁻¹, (d, d), for Λ = ``x_cov``
+    (d, d); n = math.inf gives Λ⁻¹."""
+    inv_n = 0.0 if math.isinf(n) else 1.0 / n
+    return np.linalg.inv((1 + inv_n) * x_cov + inv_n * np.trace(x_cov) * np.eye(x_cov.shape[0]))
+
+
+def ahn_gamma(x_cov: np.ndarray, n: int) -> np.ndarray:
+    """The one-layer optimum for w ~ N(0, Λ⁻¹), no noise: Γ* = n/(n + d + 1) · Λ⁻¹, (d, d)."""
+    return n / (n + x_cov.shape[0] + 1) * np.linalg.inv(x_cov)
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    """‖a − b‖_F / ‖b‖_F."""
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """⟨a, b⟩_F / (‖a‖_F ‖b‖_F)."""
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def offdiagonal_share(matrix: np.ndarray) -> float:
+    """‖matrix − diag(matrix)‖_F / ‖matrix‖_F: 0 for a diagonal matrix."""
+    return float(np.linalg.norm(matrix - np.diag(np.diag(matrix))) / np.linalg.norm(matrix))
+
+
+def plain_gd_loss(x_cov: np.ndarray, n: float) -> float:
+    """The exact loss of the best plain GD step Γ = η I (w ~ N(0, I), no noise): η = tr(Λ³)/tr(Λ M)."""
+    moment = lsa_moment(n, x_cov)
+    eta = np.trace(x_cov @ x_cov @ x_cov) / np.trace(x_cov @ moment)
+    return lsa_loss(eta * np.eye(x_cov.shape[0]), n, x_cov)
+
+
+def layer_gammas(model: LSA) -> list[tuple[np.ndarray, float]]:
+    """(Γ_ℓ, v_ℓ) of every layer of a one-head sparse LSA, Γ_ℓ = −v_ℓ A_ℓᵀ (d, d) float64 from its key-query
+    block A_ℓ and value v_ℓ: the preconditioner layer ℓ applies, label slot += −x_qᵀ Γ_ℓ (1/n) Σ_i r_i x_i with
+    r_i the context labels as the earlier layers left them."""
+    pairs = []
+    with torch.no_grad():
+        for block in model.blocks:
+            value, kq = block.attn.value[0].double(), block.attn.kq_block[0].double()
+            pairs.append(((-value * kq.T).cpu().numpy(), float(value)))
+    return pairs
+
+
+def measure_one_layer(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """ZFB's runs: results.csv's table (one row per run), gammas.csv's (every entry of the trained Γ, Γ* and
+    Λ⁻¹ per run) and ``{(basis, n): (t, L(θ(t)) − L*)}`` of the gradient flows."""
+    rows, entries, curves = [], [], {}
+    for basis in BASES:
+        for n in size.n_grid:
+            name = zfb_id(basis, n)
+            model, cfg, _ = load_model(runs[name], device=device)
+            x_cov = make_task(cfg.task, cfg.seed).x_cov.numpy()
+            gamma, closed, inverse = effective_gamma(model), zfb_gamma(x_cov, n), np.linalg.inv(x_cov)
+            optimum = lsa_optimum(n, x_cov)
+            a0, v0 = initial_weights(size.d, "balanced", cfg.model.init_scale, cfg.seed)
+            flow = gradient_flow(task_problem(cfg.task, cfg.seed), a0, v0, t_max=size.flow_t_max)
+            curves[(basis, n)] = (flow.t, flow.loss - flow.optimal_loss)
+            loss = lsa_loss(gamma, n, x_cov)
+            rows.append({
+                "basis": basis, "n": n, "run_id": name, "exact_loss": loss, "optimal_loss": optimum.loss,
+                "gap_percent": 100 * (loss / optimum.loss - 1), "gamma_distance": relative(gamma, closed),
+                "closed_form_difference": relative(closed, optimum.gamma),
+                "optimum_to_inverse": relative(closed, inverse), "trained_to_inverse": relative(gamma, inverse),
+                "offdiagonal_optimum": offdiagonal_share(closed), "offdiagonal_trained": offdiagonal_share(gamma),
+                "plain_gd_loss": plain_gd_loss(x_cov, n), "flow_final_gap": flow.final_gap,
+                "flow_gamma_distance": relative(-flow.v[-1] * flow.a[-1].T, closed),
+            })  # fmt: skip
+            for matrix, values in (("trained", gamma), ("optimum", closed), ("inverse_x_cov", inverse)):
+                entries += [{"run_id": name, "matrix": matrix, "row": i, "col": j, "value": value}
+                            for (i, j), value in np.ndenumerate(values)]  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(entries), curves
+
+
+def measure_depth(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ahn et al.'s runs: depth.csv's table (one row per model: its loss and the one-layer optimum's on the same
+    prompts, the paired differences with 95 % intervals; for one layer the exact loss and Γ against n/(n + d + 1)
+    Λ⁻¹) and layers.csv's (one row per layer: cosines of Γ_ℓ with Λ⁻¹ and I, a_ℓ, v_ℓ, ‖Γ_ℓ‖)."""
+    loaded = {layers: load_model(runs[ahn_id(layers)], device=device) for layers in size.depths}
+    _, cfg, _ = loaded[size.depths[0]]
+    sampler = make_task(cfg.task, cfg.seed)
+    x_cov, w_cov, n = sampler.x_cov.numpy(), sampler.w_cov.numpy(), cfg.task.n
+    inverse, optimum = np.linalg.inv(x_cov), lsa_optimum(n, x_cov, w_cov)
+    models = [loaded[layers][0] for layers in size.depths]
+    learners = [from_model(model.double().to(device)) for model in (lsa_from_gamma(optimum.gamma), *models)]
+    per_prompt = paired_prompt_losses(learners, sampler, size.eval_prompts, make_generator(cfg.seed, "analysis"),
+                                      device=device)  # fmt: skip
+    columns = [per_prompt[:, 1:], per_prompt[:, 1:] - per_prompt[:, :1], per_prompt[:, 2:] - per_prompt[:, 1:-1]]
+    mean, _, low, high, _ = loss_statistics(torch.cat([per_prompt[:, :1], *columns], dim=1))
+    k = len(models)
+    rows, layer_rows = [], []
+    for i, (layers, model) in enumerate(zip(size.depths, models, strict=True)):
+        shallower = 1 + 2 * k + i - 1  # column of (this − the previous depth), from the second model on
+        row = {"layers": layers, "run_id": ahn_id(layers), "loss": float(mean[1 + i]), "loss_low": float(low[1 + i]),
+               "loss_high": float(high[1 + i]), "optimum_loss_same_prompts": float(mean[0]),
+               "optimal_loss_1layer": optimum.loss, "minus_optimum": float(mean[1 + k + i]),
+               "minus_optimum_low": float(low[1 + k + i]), "minus_optimum_high": float(high[1 + k + i]),
+               "minus_shallower": float(mean[shallower]) if i else np.nan,
+               "minus_shallower_low": float(low[shallower]) if i else np.nan,
+               "minus_shallower_high": float(high[shallower]) if i else np.nan,
+               "exact_loss": np.nan, "gamma_distance": np.nan,
+               "closed_form_difference": relative(ahn_gamma(x_cov, n), optimum.gamma)}  # fmt: skip
+        pairs = layer_gammas(model)
+        if layers == 1:
+            row["exact_loss"] = lsa_loss(pairs[0][0], n, x_cov, w_cov)
+            row["gamma_distance"] = relative(pairs[0][0], ahn_gamma(x_cov, n))
+        rows.append(row)
+        for layer, (gamma, value) in enumerate(pairs, start=1):
+            layer_rows.append({"layers": layers, "layer": layer, "cos_inverse": cosine(gamma, inverse),
+                               "cos_identity": cosine(gamma, np.eye(size.d)),
+                               "step": float(np.sum(gamma * inverse) / np.sum(inverse * inverse)), "value": value,
+                               "norm": float(np.linalg.norm(gamma))})  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(layer_rows)
+
+
+def claims(size: Size, results: pd.DataFrame, depth: pd.DataFrame, layers: pd.DataFrame) -> list[Claim]:
+    """The papers' claims as iclab measures them, each with its tolerance."""
+    found = []
+    zfb = "ZFB main theorem: Γ → ((1 + 1/n) Λ + tr(Λ)/n · I)⁻¹"
+    for r in results.itertuples():
+        where = f"one layer, {LABELS[r.basis]}, n = {r.n}"
+        found.append(Claim(
+            f"{where}: the trained Γ is ZFB's Γ*", zfb, f"‖Γ − Γ*‖_F/‖Γ*‖_F = {r.gamma_distance:.2%}",
+            f"< {size.gamma_tolerance:.0%}", bool(r.gamma_distance < size.gamma_tolerance)))  # fmt: skip
+        found.append(Claim(
+            f"{where}: training reaches the global minimum", "ZFB: the trained LSA attains the minimum loss L*(n)",
+            f"exact loss {r.exact_loss:.5g} vs L* = {r.optimal_loss:.5g} ({r.gap_percent:+.3g} %)",
+            f"< {size.loss_tolerance:.0%} above L*", bool(r.gap_percent < 100 * size.loss_tolerance)))  # fmt: skip
+    worst = results["closed_form_difference"].max()
+    found.append(Claim(
+        "ZFB's closed form is the optimum Σ_w Λ M⁻¹ of the exact loss (every n, both bases)",
+        "((1 + 1/n) Λ + tr(Λ)/n · I)⁻¹ (ZFB; Ahn et al.'s one-layer theorem)",
+        f"largest ‖Γ*_ZFB − Σ_w Λ M⁻¹‖/‖Σ_w Λ M⁻¹‖ = {worst:.2g}", f"< {size.closed_form_tolerance:g}",
+        bool(worst < size.closed_form_tolerance)))  # fmt: skip
+    for basis, group in results.groupby("basis", sort=False):
+        group = group.sort_values("n")
+        theory, trained = group["optimum_to_inverse"].to_numpy(), group["trained_to_inverse"].to_numpy()
+        found.append(Claim(
+            f"{LABELS[basis]}: Γ* → Λ⁻¹ as n grows, and the trained Γ with it",
+            "Γ* → Λ⁻¹ (n → ∞): the preconditioner of whitened GD (ZFB; Ahn et al.)",
+            "‖Γ − Λ⁻¹‖/‖Λ⁻¹‖ over n = " + ", ".join(str(n) for n in group["n"]) + ": Γ* "
+            + " → ".join(f"{v:.3g}" for v in theory) + "; trained " + " → ".join(f"{v:.3g}" for v in trained),
+            "both decreasing in n", bool((np.diff(theory) < 0).all() and (np.diff(trained) < 0).all())))  # fmt: skip
+        gap = group["flow_final_gap"].max()
+        found.append(Claim(
+            f"{LABELS[basis]}: gradient flow from the balanced init reaches the global minimum (every n)",
+            "ZFB main theorem (gradient flow, balanced initialisation)",
+            f"largest L(θ(T)) − L* = {gap:.2g} at T = {size.flow_t_max:g}; "
+            f"Γ(T) within {group['flow_gamma_distance'].max():.2g} of Γ*",
+            f"< {size.flow_tolerance:g}", bool(gap < size.flow_tolerance)))  # fmt: skip
+    one = depth[depth.layers == 1].iloc[0]
+    exact = one.gamma_distance < size.gamma_tolerance and one.closed_form_difference < size.closed_form_tolerance
+    found.append(Claim(
+        f"w ~ N(0, Λ⁻¹), rotated Λ, n = {size.depth_n}: the trained one-layer Γ is n/(n + d + 1) · Λ⁻¹",
+        "one step of GD preconditioned by Λ⁻¹ (Ahn et al., one layer)",
+        f"‖Γ − Γ*‖_F/‖Γ*‖_F = {one.gamma_distance:.2%} (closed form vs Σ_w Λ M⁻¹: {one.closed_form_difference:.1g})",
+        f"< {size.gamma_tolerance:.0%}", bool(exact)))  # fmt: skip
+    for r in layers[layers.layers > 1].itertuples():
+        found.append(Claim(
+            f"{r.layers} layers, layer {r.layer}: its preconditioner is aligned with Λ⁻¹",
+            "A_ℓ = a_ℓ Λ⁻¹ at a critical point (Ahn et al., L layers)",
+            f"cos(Γ_ℓ, Λ⁻¹) = {r.cos_inverse:.4f}, cos(Γ_ℓ, I) = {r.cos_identity:.4f}, a_ℓ = {r.step:.3g}",
+            f"cos(Γ_ℓ, Λ⁻¹) ≥ {size.cosine_floor:g} and > cos(Γ_ℓ, I)",
+            bool(r.cos_inverse >= size.cosine_floor and r.cos_inverse > r.cos_identity)))  # fmt: skip
+    for r in depth[depth.layers > 1].itertuples():
+        found.append(Claim(
+            f"{r.layers} layers beat the one-layer optimum", "L layers run L preconditioned GD steps (Ahn et al.)",
+            f"{r.loss:.4g} [{r.loss_low:.4g}, {r.loss_high:.4g}] vs L* = {r.optimal_loss_1layer:.4g}; paired "
+            f"difference {r.minus_optimum:+.3g} [{r.minus_optimum_low:+.3g}, {r.minus_optimum_high:+.3g}]",
+            "95 % interval of the difference below 0", bool(r.minus_optimum_high < 0)))  # fmt: skip
+        if r.layers > 2:
+            found.append(Claim(
+                f"{r.layers} layers beat {r.layers - 1}", "more layers, more steps, lower loss (Ahn et al.)",
+                f"paired difference {r.minus_shallower:+.3g} [{r.minus_shallower_low:+.3g}, "
+                f"{r.minus_shallower_high:+.3g}]", "95 % interval of the difference below 0",
+                bool(r.minus_shallower_high < 0)))  # fmt: skip
+    return found
+
+
+def n_axis(ax: plt.Axes, n_grid: tuple[int, ...]) -> None:
+    """A log x-axis labelled at the n of the grid."""
+    ax.set_xscale("log")
+    ax.set_xticks(list(n_grid), [str(n) for n in n_grid])
+    ax.minorticks_off()
+    ax.set_xlabel("n, in-context examples")
+
+
+def theory_grid(size: Size) -> np.ndarray:
+    """Integer n from below the smallest to above the largest of the grid (log-spaced)."""
+    return np.unique(np.geomspace(min(size.n_grid) / 1.5, max(size.n_grid) * 1.5, 60).round().astype(int))
+
+
+def plot_loss_vs_n(size: Size, results: pd.DataFrame, path: Path, text: str) -> None:
+    """loss_vs_n.png: left, L*(n) and the best plain GD step's loss (theory; both rotation-invariant) with the
+    exact loss of every trained one-layer model; right, its gap above L* in % against the tolerance."""
+    x_cov = np.diag(size.x_cov_diag)
+    grid = theory_grid(size)
+    optimal = [lsa_optimum(n, x_cov).loss for n in grid]
+    plain = [plain_gd_loss(x_cov, n) for n in grid]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.4))
+    left.plot(grid, optimal, color="0.3", label="L*(n), ZFB's Γ* (theory)")
+    left.plot(grid, plain, color="0.6", linestyle="--", label="best plain GD step Γ = ηI (theory)")
+    markers = {"diag": "o", "rotated": "s"}
+    floor = 1e-4
+    for i, (basis, group) in enumerate(results.groupby("basis", sort=False)):
+        left.scatter(group["n"], group["exact_loss"], marker=markers[basis], color=f"C{i}", zorder=3,
+                     facecolors="none" if basis == "rotated" else None,
+                     label=f"trained, {LABELS[basis]} (exact loss of its Γ)")  # fmt: skip
+        gaps = group["gap_percent"].to_numpy()
+        right.plot(group["n"], np.maximum(gaps, floor), marker=markers[basis], color=f"C{i}",
+                   label=clipped_label(f"trained, {LABELS[basis]}", gaps, floor))  # fmt: skip
+    readable_log_axis(left, [*optimal, *plain, *results["exact_loss"]])
+    n_axis(left, size.n_grid)
+    left.set_ylabel("query loss E(ŷ − y)²")
+    left.set_title("one-layer LSA: L*(n) and the trained models")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="lower left")
+    right.axhline(100 * size.loss_tolerance, color="C3", linestyle="--", label=f"tolerance {size.loss_tolerance:.0%}")
+    readable_log_axis(right, np.maximum(results["gap_percent"], floor), marks=[100 * size.loss_tolerance])
+    n_axis(right, size.n_grid)
+    right.set_ylabel("gap above L*, % of L*")
+    right.set_title("trained exact loss − L*")
+    right.grid(alpha=0.3)
+    outside_legend(right)
+    fig.tight_layout()
+    caption(fig, text)
+    save_figure(fig, path)
+
+
+def plot_preconditioner(size: Size, results: pd.DataFrame, path: Path, text: str) -> None:
+    """preconditioner_vs_n.png: left, ‖Γ* − Λ⁻¹‖/‖Λ⁻¹‖ against n (theory, rotation-invariant) with the trained
+    Γ's distance to Λ⁻¹; right, the trained Γ's and the gradient flow's distance to Γ* against the tolerance."""
+    x_cov = np.diag(size.x_cov_diag)
+    grid = theory_grid(size)
+    inverse = np.linalg.inv(x_cov)
+    theory = [relative(zfb_gamma(x_cov, n), inverse) for n in grid]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.4))
+    left.plot(grid, theory, color="0.3", label="Γ* = ((1 + 1/n)Λ + tr(Λ)/n·I)⁻¹ (theory)")
+    markers = {"diag": "o", "rotated": "s"}
+    floor = 1e-6  # the flow's Γ(T) is Γ* to rounding (~1e-16): shown at the floor
+    for i, (basis, group) in enumerate(results.groupby("basis", sort=False)):
+        left.scatter(group["n"], group["trained_to_inverse"], marker=markers[basis], color=f"C{i}", zorder=3,
+                     facecolors="none" if basis == "rotated" else None,
+                     label=f"trained Γ, {LABELS[basis]}")  # fmt: skip
+        right.plot(group["n"], group["gamma_distance"], marker=markers[basis], color=f"C{i}",
+                   label=f"trained (Adam), {LABELS[basis]}")  # fmt: skip
+        flow = group["flow_gamma_distance"].to_numpy()
+        flow_label = clipped_label(f"gradient flow at T = {size.flow_t_max:g}, {LABELS[basis]}", flow, floor)
+        right.plot(group["n"], np.maximum(flow, floor), marker="x", linestyle=":", color=f"C{i}", label=flow_label)
+    readable_log_axis(left, [*theory, *results["trained_to_inverse"]])
+    n_axis(left, size.n_grid)
+    left.set_ylabel("‖Γ − Λ⁻¹‖_F / ‖Λ⁻¹‖_F")
+    left.set_title("the preconditioner tends to Λ⁻¹ as n grows")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="upper right")
+    right.axhline(size.gamma_tolerance, color="C3", linestyle="--", label=f"tolerance {size.gamma_tolerance:.0%}")
+    values = np.maximum(np.concatenate([results["gamma_distance"], results["flow_gamma_distance"]]), floor)
+    readable_log_axis(right, values, marks=[size.gamma_tolerance])
+    n_axis(right, size.n_grid)
+    right.set_ylabel("‖Γ − Γ*‖_F / ‖Γ*‖_F")
+    right.set_title("distance to ZFB's Γ*")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="center left")
+    fig.tight_layout()
+    caption(fig, text)
+    save_figure(fig, path)
+
+
+def plot_gammas(size: Size, entries: pd.DataFrame, results: pd.DataFrame, path: Path, text: str) -> None:
+    """gamma_heatmaps.png: rotated Λ at the smallest and largest n: trained Γ, Γ* and Λ⁻¹ side by side, one
+    diverging colour scale (entries written in the cells for d ≤ 6)."""
+    ns = (min(size.n_grid), max(size.n_grid))
+    what = {"trained": "trained Γ", "optimum": "ZFB's Γ*", "inverse_x_cov": "Λ⁻¹ (n → ∞)"}
+    fig, axes = plt.subplots(len(ns), 3, figsize=(9.0, 3.0 * len(ns)), squeeze=False, layout="constrained")
+    scale = float(entries[entries.run_id.isin([zfb_id("rotated", n) for n in ns])]["value"].abs().max())
+    distances = results.set_index("run_id")["gamma_distance"]
+    image = None
+    for row, n in enumerate(ns):
+        name = zfb_id("rotated", n)
+        for col, matrix in enumerate(what):
+            part = entries[(entries.run_id == name) & (entries.matrix == matrix)]
+            values = part.pivot(index="row", columns="col", values="value").to_numpy()
+            ax = axes[row][col]
+            image = ax.imshow(values, cmap="RdBu_r", vmin=-scale, vmax=scale)
+            title = f"{what[matrix]}, n = {n}" if matrix != "inverse_x_cov" else what[matrix]
+            ax.set_title(title, fontsize=9)
+            ticks = range(size.d)
+            ax.set_xticks(ticks, [str(c + 1) for c in ticks], fontsize=7)
+            ax.set_yticks(ticks, [str(c + 1) for c in ticks], fontsize=7)
+            if size.d <= 6:
+                for (i, j), value in np.ndenumerate(values):
+                    color = "white" if abs(value) > 0.6 * scale else "black"
+                    ax.text(j, i, f"{value:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=6,
+                            color=color)  # fmt: skip
+            if matrix == "trained":
+                ax.set_xlabel(f"‖Γ − Γ*‖/‖Γ*‖ = {distances[name]:.1%}", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="entry (ŷ = x_qᵀ Γ h; rotated Λ, w ~ N(0, I))")
+    caption(fig, text)
+    save_figure(fig, path)
+
+
+def plot_flows(size: Size, curves: dict, path: Path, text: str) -> None:
+    """flow.png: L(θ(t)) − L* along gradient flow on the exact loss from the balanced init, every n, both bases
+    (log-log; gaps below 1e-14 clipped)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    floor = 1e-14
+    styles = {"diag": "-", "rotated": "--"}
+    for (basis, n), (t, gap) in curves.items():
+        keep = t > 0
+        ax.plot(t[keep], np.maximum(gap[keep], floor), linestyle=styles[basis],
+                color=f"C{list(size.n_grid).index(n)}", label=f"{LABELS[basis]}, n = {n}")  # fmt: skip
+    ax.axhline(size.flow_tolerance, color="C3", linestyle=":", label=f"tolerance {size.flow_tolerance:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("time t of the flow dθ/dt = −∇L(θ), θ = (A, v)")
+    ax.set_ylabel(f"L(θ(t)) − L* (clipped at {floor:g})")
+    ax.set_title("gradient flow of the exact one-layer loss from the balanced initialisation (ZFB)")
+    ax.grid(alpha=0.3)
+    outside_legend(ax)
+    fig.tight_layout()
+    caption(fig, text)
+    save_figure(fig, path)
+
+
+def plot_depth(size: Size, depth: pd.DataFrame, layers: pd.DataFrame, path: Path, text: str) -> None:
+    """depth.png: left, each model's loss on fresh prompts (95 % interval) against its depth, the one-layer L*
+    dashed; right, every layer's cosine of Γ_ℓ with Λ⁻¹ and with I, the floor and cos(Λ⁻¹, I) as lines."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.4), gridspec_kw={"width_ratios": (1, 1.6)})
+    spread = [depth["loss"] - depth["loss_low"], depth["loss_high"] - depth["loss"]]
+    left.errorbar(depth["layers"], depth["loss"], yerr=spread, marker="o", capsize=3, color="C0",
+                  label="trained (fresh prompts, 95 % interval)")  # fmt: skip
+    optimal = float(depth["optimal_loss_1layer"].iloc[0])
+    left.axhline(optimal, color="0.4", linestyle="--", label=f"one-layer optimum L* = {optimal:.3g}")
+    readable_log_axis(left, [*depth["loss_low"], *depth["loss_high"], optimal])
+    left.set_xticks(list(size.depths))
+    left.set_xlabel("layers")
+    left.set_ylabel("query loss E(ŷ − y)²")
+    left.set_title(f"loss vs depth (d = {size.d}, n = {size.depth_n})", fontsize=10)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="upper right")
+    x = np.arange(len(layers))
+    right.bar(x - 0.18, layers["cos_inverse"], 0.36, color="C0", label="cos(Γ_ℓ, Λ⁻¹)")
+    right.bar(x + 0.18, layers["cos_identity"], 0.36, color="C1", label="cos(Γ_ℓ, I)")
+    inverse = np.linalg.inv(np.diag(size.x_cov_diag))
+    reference = cosine(inverse, np.eye(size.d))
+    right.axhline(reference, color="C1", linestyle=":", label=f"cos(Λ⁻¹, I) = {reference:.3f}")
+    right.axhline(size.cosine_floor, color="C3", linestyle="--", label=f"floor {size.cosine_floor:g}")
+    low = min(float(layers[["cos_inverse", "cos_identity"]].min().min()), reference)
+    right.set_ylim(max(low - 0.05, -1.0), 1.01)
+    names = [f"{r.layers} layer{'s' if r.layers > 1 else ''}\nlayer {r.layer}" for r in layers.itertuples()]
+    right.set_xticks(x, names, fontsize=7)
+    right.set_ylabel("cosine (Frobenius)")
+    right.set_title("each layer's preconditioner Γ_ℓ = −v_ℓ A_ℓᵀ against Λ⁻¹ and I", fontsize=10)
+    right.grid(alpha=0.3, axis="y")
+    outside_legend(right)
+    fig.tight_layout()
+    caption(fig, text)
+    save_figure(fig, path)
+
+
+def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
+    """Measure every run, integrate the flows, check the claims; write results.csv, gammas.csv, depth.csv,
+    layers.csv, claims.csv, figures/ and report.md into ``out``."""
+    size = SIZES[size_name]
+    results, entries, curves = measure_one_layer(size, runs, device)
+    depth, layers = measure_depth(size, runs, device)
+    found = claims(size, results, depth, layers)
+    table = claims_frame(found)
+    for name, frame in (("results.csv", results), ("gammas.csv", entries), ("depth.csv", depth),
+                        ("layers.csv", layers), ("claims.csv", table)):  # fmt: skip
+        atomic_write_text(out / name, frame.to_csv(index=False))
+    spectrum = ", ".join(f"{v:g}" for v in size.x_cov_diag)
+    setting = (
+        f"x ~ N(0, Λ), eigenvalues of Λ ({spectrum}), diagonal or one fixed rotation; y = wᵀx, w ~ N(0, I) "
+        "(one layer) or N(0, Λ⁻¹) (depth study, rotated Λ); sparse LSA, balanced init, Adam, clipping 1.0"
+    )
+    text = recipe_caption("zfb", size_name, out, size, setting)
+    figures = out / "figures"
+    plot_loss_vs_n(size, results, figures / "loss_vs_n.png", text)
+    plot_preconditioner(size, results, figures / "preconditioner_vs_n.png", text)
+    plot_gammas(size, entries, results, figures / "gamma_heatmaps.png", text)
+    plot_flows(size, curves, figures / "flow.png", text)
+    plot_depth(size, depth, layers, figures / "depth.png", text)
+    tables = {"One layer, w ~ N(0, I): trained Γ against ZFB's Γ* (exact losses)": results,
+              "Depth study, w ~ N(0, Λ⁻¹): losses on fresh prompts, paired with the one-layer optimum": depth,
+              "Depth study: every layer's preconditioner Γ_ℓ against Λ⁻¹ and I": layers}  # fmt: skip
+    report = claims_report("Zhang, Frei, Bartlett; Ahn et al.: trained LSAs run preconditioned GD", size_name, size,
+                           setting, found, tables)  # fmt: skip
+    atomic_write_text(out / "report.md", report)
+    return {"results": results, "depth": depth, "layers": layers, "claims": table, "checks": claim_checks(found)}
+
+
+RECIPE = Recipe(
+    name="zfb",
+    paper="Zhang, Frei, Bartlett, JMLR 2024; Ahn, Cheng, Daneshmand, Sra, NeurIPS 2023",
+    claim="on anisotropic x a trained one-layer LSA converges to ZFB's preconditioner ((1 + 1/n)Λ + tr(Λ)/n·I)⁻¹ "
+    "(→ Λ⁻¹ as n grows); deeper LSAs run steps preconditioned by Λ⁻¹ and beat it",
+    plan=plan,
+    analyse=analyse,
+    sizes=tuple(SIZES),
+)
