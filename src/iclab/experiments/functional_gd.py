@@ -146,7 +146,7 @@ def claims(results: pd.DataFrame) -> list[Claim]:
             continue
         depth = int(group["layers"].max())
         deepest = group[group["layers"] == depth].set_index("activation")
-        losses = ", ".join(f"{a} {r.loss:.4g} ± {r.sem:.2g}" for a, r in deepest.iterrows())
+        losses = ", ".join(f"{a} {r.loss:.4g} ± {r['sem']:.2g}" for a, r in deepest.iterrows())
         found.append(Claim(
             f"{kernel}-kernel data, {depth} layer(s): {kernel} attention is the best activation",
             "the best activation is the one whose kernel matches the data's (Cheng et al.)",

@@ -106,7 +106,7 @@ def claims(results: pd.DataFrame) -> list[Claim]:
 
     def relative(response: str, model: str) -> str:
         r = rows.loc[(response, model)]
-        return f"{r.relative_loss:.3g} ± {r.sem / r.zero_loss:.2g}"
+        return f"{r.relative_loss:.3g} ± {r['sem'] / r.zero_loss:.2g}"
 
     square = rows.loc[("square", "mlp_lsa")]
     paper = "an MLP feature layer before linear attention learns non-linear feature tasks in context (Kim & Suzuki)"

@@ -1,7 +1,7 @@
 """von Oswald et al. (ICML 2023), "Transformers learn in-context by gradient descent": a trained linear
 self-attention (LSA) is gradient descent, layer by layer.
 
-Setting (PAPERS.md; the paper's Sec. 3–4): y = wᵀx, x, w ~ N(0, I), no noise; LSAs of 1..L layers trained by
+Setting (PAPERS.md): y = wᵀx, x, w ~ N(0, I), no noise; LSAs of 1..L layers trained by
 Adam on fresh prompts (the paper: d = 10, n = 10, the full size here). Each model is probed
 (:mod:`iclab.probe`) on the full context against GD-k (step fitted per layer and k), Newton–Schulz-k, ridge and
 least squares, with von Oswald et al.'s measures: the relative prediction difference ‖ŷ_layer − ŷ_GD‖²/‖ŷ_layer‖²,
