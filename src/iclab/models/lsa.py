@@ -70,7 +70,8 @@ class LSAConfig(ModelConfig):
         same mean μ (and descriptor), so a layer maps that shared part m to m + (1/n)·W_PV m (mᵀ W_KQ m) + …:
         cubic, and L layers make it a polynomial of degree 3^L in μ. Adam's first steps move every entry by
         about train.lr whatever the init scale, so on x ~ N(μ, I), μ ~ N(0, I) a 3-layer full LSA diverges at
-        step 1–100 with any init, learning rate, warm-up or clipping tried. The sparse form (the theory's,
+        step 1 at the defaults and by step 100 at init scale 0.01 (clipped or not); at lr 1e-3 it survives but
+        ends heavy-tailed and above the one-layer optimum (d = 5, n = 20: 4.70 vs 2.65). The sparse form (the theory's,
         Huang & Ge; Zhang, Frei, Bartlett) never changes the features: the prediction is linear in the labels
         and of degree 2L + 1 in x, and it trains at every depth (docs/usage.md, "Forms")."""
         if self.param != "auto":
