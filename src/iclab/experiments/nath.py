@@ -22,8 +22,8 @@ Earlier measurements (docs/results.md) found trained softmax models smooth on th
 n = 8, s = 1): there the loss-optimal temperature is low. On this task it is high, so training itself sharpens
 the softmax towards piecewise constancy, and the temperature grid shows the same share rising on both.
 
-Time on this machine (2 cores): quick about 15 s (36 s with another job on the cores); full about 20–30 minutes
-(5 runs × 3 seeds, the longest 4000 steps at batch 256, and 100 sweeps per seed, model and temperature).
+Time on this machine (2 cores): quick about 15 s (36 s with another job on the cores); full 5.8 min measured
+(15 runs, 4.9 min of training; 100 sweeps per seed, model and temperature): docs/results/nath.md.
 """
 
 from __future__ import annotations

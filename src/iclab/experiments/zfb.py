@@ -22,10 +22,9 @@ W_PV on the label only), balanced initialisation (ZFB's), Adam with clipping 1.0
   against the one-layer optimum's on the same prompts (95 % bootstrap intervals of the paired difference).
 
 What :mod:`iclab.experiments.mahankali` does not: the n grid and the n → ∞ limit, a rotated Λ, the closed form
-checked against the general one, the gradient flow, and depth. Expected time on 2 CPU cores (runs trained one
-after another, one torch thread): quick ≈ 30–40 s (28 s of CPU measured); full ≈ 25 min, about 20 min of CPU
-from its measured pieces (one-layer d = 5, 6000 steps of 2048 prompts: ≈ 50 s at n = 5, ≈ 150 s at n = 80,
-10 such runs; the 3-layer run ≈ 2 min), well inside 2 hours.
+checked against the general one, the gradient flow, and depth. Time on 2 CPU cores (runs trained one
+after another): quick ≈ 30–40 s (28 s of CPU measured); full 22.9 min measured (13 runs):
+docs/results/zfb.md.
 """
 
 from __future__ import annotations
