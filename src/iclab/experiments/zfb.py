@@ -44,6 +44,7 @@ from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claim
 from iclab.learners import from_model
 from iclab.models.lsa import LSA
 from iclab.plots import caption, clipped_label, outside_legend, readable_log_axis, recipe_caption, save_figure
+from iclab.probe.weights import frobenius_cosine
 from iclab.rundir import atomic_write_text
 from iclab.runs import load_model
 from iclab.seeding import make_generator
@@ -128,11 +129,6 @@ def ahn_gamma(x_cov: np.ndarray, n: int) -> np.ndarray:
 def relative(a: np.ndarray, b: np.ndarray) -> float:
     """‖a − b‖_F / ‖b‖_F."""
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """⟨a, b⟩_F / (‖a‖_F ‖b‖_F)."""
-    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def offdiagonal_share(matrix: np.ndarray) -> float:
@@ -223,8 +219,8 @@ def measure_depth(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.Da
             row["gamma_distance"] = relative(pairs[0][0], ahn_gamma(x_cov, n))
         rows.append(row)
         for layer, (gamma, value) in enumerate(pairs, start=1):
-            layer_rows.append({"layers": layers, "layer": layer, "cos_inverse": cosine(gamma, inverse),
-                               "cos_identity": cosine(gamma, np.eye(size.d)),
+            layer_rows.append({"layers": layers, "layer": layer, "cos_inverse": frobenius_cosine(gamma, inverse),
+                               "cos_identity": frobenius_cosine(gamma, np.eye(size.d)),
                                "step": float(np.sum(gamma * inverse) / np.sum(inverse * inverse)), "value": value,
                                "norm": float(np.linalg.norm(gamma))})  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(layer_rows)
@@ -459,7 +455,7 @@ def plot_depth(size: Size, depth: pd.DataFrame, layers: pd.DataFrame, path: Path
     right.bar(x - 0.18, layers["cos_inverse"], 0.36, color="C0", label="cos(Γ_ℓ, Λ⁻¹)")
     right.bar(x + 0.18, layers["cos_identity"], 0.36, color="C1", label="cos(Γ_ℓ, I)")
     inverse = np.linalg.inv(np.diag(size.x_cov_diag))
-    reference = cosine(inverse, np.eye(size.d))
+    reference = frobenius_cosine(inverse, np.eye(size.d))
     right.axhline(reference, color="C1", linestyle=":", label=f"cos(Λ⁻¹, I) = {reference:.3f}")
     right.axhline(size.cosine_floor, color="C3", linestyle="--", label=f"floor {size.cosine_floor:g}")
     low = min(float(layers[["cos_inverse", "cos_identity"]].min().min()), reference)

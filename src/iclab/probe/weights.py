@@ -35,7 +35,8 @@ class LayerWeights:
     pv_label_cosine: float
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def frobenius_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """⟨a, b⟩_F / (‖a‖_F ‖b‖_F) of two same-shape arrays (0 when either is 0)."""
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float((a * b).sum() / norm) if norm > 0 else 0.0
 
@@ -61,8 +62,8 @@ def compare_with_gd_construction(model: InContextModel) -> list[LayerWeights]:
                 if stack.shape.activation == "linear" and pv[d, d] > 0:
                     kq, pv = -kq, -pv
                 rows.append(LayerWeights(layer, head, kq, pv, kq_construction, pv_construction,
-                                         _cosine(kq, kq_construction), _cosine(pv, pv_construction),
-                                         _cosine(pv[d], pv_construction[d])))  # fmt: skip
+                                         frobenius_cosine(kq, kq_construction), frobenius_cosine(pv, pv_construction),
+                                         frobenius_cosine(pv[d], pv_construction[d])))  # fmt: skip
     return rows
 
 
