@@ -9,7 +9,6 @@ headline numbers and the claim checks.
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from iclab.experiments import (
 )
 from iclab.experiments.grid import Executor, execute
 from iclab.experiments.recipe import Recipe, RunSpec
-from iclab.rundir import atomic_write_text
+from iclab.rundir import SUMMARY_FILE, atomic_write_text, read_json
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
@@ -84,7 +83,7 @@ def _finish_report(path: Path, name: str, size: str, runs: dict[str, Path], seco
         return
     flag = "--quick" if size == "quick" else f"--size {size}"
     out = path.parent
-    trained = sum(json.loads((run / "summary.json").read_text()).get("wall_seconds", 0.0) for run in runs.values())
+    trained = sum(read_json(run / SUMMARY_FILE).get("wall_seconds", 0.0) for run in runs.values())
     text = path.read_text() + "\n## Commands\n\nAll of it (trains what is missing, then analyses):\n\n```bash\n"
     text += f"iclab reproduce {name} {flag} --out {out}\n```\n\n"
     text += "One run each, for any scheduler (then the command above only analyses):\n\n```bash\n"

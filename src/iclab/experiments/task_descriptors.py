@@ -36,7 +36,7 @@ from iclab.rundir import atomic_write_text
 from iclab.runs import load_model
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
-from iclab.theory.compare import compare_with_theory
+from iclab.theory.compare import TheoryComparison, compare_with_theory
 from iclab.theory.descriptors import descriptor_problem, task_problem
 from iclab.theory.gradient_flow import gradient_flow, initial_weights
 from iclab.theory.lsa_weights import lsa_from_bilinear
@@ -142,11 +142,11 @@ def plan(size_name: str) -> list[RunSpec]:
     return [RunSpec(run.run_id, overrides(size, run)) for run in runs(size)]
 
 
-def measure(size: Size, run_dirs: dict[str, Path], device: str) -> pd.DataFrame:
+def measure(size: Size, run_dirs: dict[str, Path], device: str) -> tuple[pd.DataFrame, dict[str, TheoryComparison]]:
     """One row per run: its loss and the optimal one-layer LSA's on the same fresh prompts (means and 95 %
     intervals, and of their difference), L* of its task, and for one-layer runs the exact loss of the trained
-    weights and ‖B − B*‖/‖B*‖."""
-    rows = []
+    weights and ‖B − B*‖/‖B*‖; and each one-layer run's weights beside the optimum ``{run_id: comparison}``."""
+    rows, comparisons = [], {}
     for run in runs(size):
         model, cfg, _ = load_model(run_dirs[run.run_id], device=device)
         problem = task_problem(cfg.task, cfg.seed)
@@ -162,12 +162,12 @@ def measure(size: Size, run_dirs: dict[str, Path], device: str) -> pd.DataFrame:
                "minus_optimum_high": float(high[2]), "optimal_loss_1layer": optimal_loss,
                "exact_loss": np.nan, "gap_percent": np.nan, "weights_distance": np.nan}  # fmt: skip
         if run.layers == 1:
-            comparison = compare_with_theory(model, cfg.task, cfg.seed)
+            comparison = comparisons[run.run_id] = compare_with_theory(model, cfg.task, cfg.seed)
             row["exact_loss"] = comparison.model_loss
             row["gap_percent"] = 100 * (comparison.model_loss / comparison.optimal_loss - 1)
             row["weights_distance"] = comparison.distance
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), comparisons
 
 
 def flows(size: Size) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -433,7 +433,7 @@ def analyse(out: Path, size_name: str, run_dirs: dict[str, Path], device: str, p
     """Measure every run, integrate the flows, check the claims; write results.csv, flow.csv, gaps.csv,
     claims.csv, figures/ and report.md into ``out``."""
     size = SIZES[size_name]
-    results = measure(size, run_dirs, device)
+    results, comparisons = measure(size, run_dirs, device)
     flow_table, curves = flows(size)
     gaps = gap_table(size, results)
     found = claims(size, results, flow_table)
@@ -450,9 +450,7 @@ def analyse(out: Path, size_name: str, run_dirs: dict[str, Path], device: str, p
     plot_flows(curves, size.flow_tolerance, figures / "flow.png", text)
     pairs, distances = {}, {}
     for desc, given in (("mean", WITH), ("none", WITHOUT)):
-        run = Run(size.d, size.n, 1, desc, 0, 0)
-        model, cfg, _ = load_model(run_dirs[run.run_id], device=device)
-        comparison = compare_with_theory(model, cfg.task, cfg.seed)
+        comparison = comparisons[Run(size.d, size.n, 1, desc, 0, 0).run_id]
         pairs[given], distances[given] = (comparison.weights, comparison.optimum), comparison.distance
     plot_weights(size, pairs, distances, figures / "weights.png", text)
     plot_depth(size, results, gaps, figures / "depth.png", text)

@@ -54,17 +54,27 @@ class LinearProbe:
     layer: int
     coef: Tensor
 
+    def predict(self, state: Tensor) -> Tensor:
+        """ŷ from the residual stream after ``layer``: state (..., D) → (...), in the state's dtype and device."""
+        coef = self.coef.to(device=state.device, dtype=state.dtype)
+        return state @ coef[:-1] + coef[-1]
+
+
+def _query_states(model: InContextModel, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None) -> list[Tensor]:
+    """The residual stream at the query tokens, per layer: (B, m, D) float64 on the inputs' device, no gradients."""
+    with torch.no_grad():
+        states = model.layer_states(*to_model(model, xs, ys, xq, descriptor))
+    return [state.double().to(xs.device) for state in states]
+
 
 def _query_features(
     model: InContextModel, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None
 ) -> list[Tensor]:
     """The residual stream at the query tokens with a constant 1 appended, per layer: (B·m, D + 1) float64
     on the inputs' device."""
-    with torch.no_grad():
-        states = model.layer_states(*to_model(model, xs, ys, xq, descriptor))
     features = []
-    for state in states:
-        query = state.reshape(-1, state.shape[-1]).double().to(xs.device)
+    for state in _query_states(model, xs, ys, xq, descriptor):
+        query = state.reshape(-1, state.shape[-1])
         features.append(torch.cat([query, torch.ones_like(query[:, :1])], dim=1))
     return features
 
@@ -96,9 +106,8 @@ class ProbeReadout(Learner):
         self.name = f"layer {probe.layer} linear probe"
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
-        features = _query_features(self.model, xs, ys, xq, descriptor)[self.probe.layer - 1]
-        coef = self.probe.coef.to(features.device)
-        return (features @ coef).view(xq.shape[:2]).to(xs.dtype)
+        state = _query_states(self.model, xs, ys, xq, descriptor)[self.probe.layer - 1]
+        return self.probe.predict(state).to(xs.dtype)
 
 
 def all_prefix_probe_readouts(
@@ -109,9 +118,6 @@ def all_prefix_probe_readouts(
     per_prefix = []
     for k in range(first_prefix, prompts.n + 1):
         part = prompts.prefix(k)
-        features = _query_features(model, part.xs, part.ys, part.xq, part.descriptor)
-        layers = [
-            (f @ probe.coef.to(f.device)).view(part.xq.shape[:2]) for f, probe in zip(features, probes, strict=True)
-        ]
-        per_prefix.append(torch.stack(layers))
+        states = _query_states(model, part.xs, part.ys, part.xq, part.descriptor)
+        per_prefix.append(torch.stack([probe.predict(state) for state, probe in zip(states, probes, strict=True)]))
     return torch.stack(per_prefix, dim=2)

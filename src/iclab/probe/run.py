@@ -190,8 +190,7 @@ def _layer_prediction(
     """What layer ``layer`` predicts, differentiable in xq: (B, m) — the model's read-out, or its fitted probe."""
     if readout == "model":
         return model.layer_readouts(xs, ys, xq, descriptor)[layer - 1]
-    coef = probes[layer - 1].coef
-    return model.layer_states(xs, ys, xq, descriptor)[layer - 1] @ coef[:-1] + coef[-1]
+    return probes[layer - 1].predict(model.layer_states(xs, ys, xq, descriptor)[layer - 1])
 
 
 def _best_iterations(grid: list[Match], family: str, metric: str) -> int:
