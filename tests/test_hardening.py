@@ -22,7 +22,7 @@ from iclab.config import ConfigError, parse_config
 from iclab.experiments import grid
 from iclab.limits import available_memory, training_memory
 from iclab.registry import MODELS
-from iclab.rundir import locked_run_dir
+from iclab.rundir import LOCK_FILE, _holder, locked_run_dir
 from iclab.train import train
 
 SMALL = ["task.d=3", "task.n=8", "train.steps=20", "train.batch_size=32", "train.checkpoint_every=10",
@@ -80,6 +80,26 @@ def test_a_run_dir_being_written_is_refused_naming_the_writer_or_waited_for(tmp_
     code, printed, _ = cli(capsys, ["train", *SMALL, "--out", str(fresh), "--quiet", "--wait"])
     assert code == 0 and time.time() - started >= 1.0
     assert "waiting for process" in printed and "final_eval_loss" in printed
+
+
+def test_the_holder_is_named_even_when_its_record_is_written_just_after_the_lock(tmp_path):
+    """A process that takes the lock writes who it is a moment later; one that finds the lock taken in that moment
+    reads the record again rather than naming "another process" (the race two trains started together hit)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = run_dir / LOCK_FILE
+    lock.write_text("")
+
+    def record_late() -> None:
+        time.sleep(0.2)
+        lock.write_text('{"pid": 4242, "host": "h", "since": "now", "command": "iclab train"}')
+
+    writer = threading.Thread(target=record_late)
+    writer.start()
+    assert _holder(run_dir).startswith("process 4242 on h")
+    writer.join()
+    lock.write_text("{half")
+    assert _holder(run_dir, tries=3) == "another process"
 
 
 # --------------------------------------------------------------------------- workers and Ctrl-C

@@ -286,12 +286,17 @@ def _record_holder(fd: int) -> None:
     os.pwrite(fd, json.dumps(holder).encode(), 0)
 
 
-def _holder(run_dir: Path) -> str:
-    try:
-        holder = json.loads((run_dir / LOCK_FILE).read_text())
-        return f"process {holder['pid']} on {holder['host']} (since {holder['since']}: {holder['command']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+def _holder(run_dir: Path, tries: int = 40) -> str:
+    """Who holds the lock of ``run_dir``, as recorded by :func:`_record_holder`. The holder writes the record just
+    after taking the lock, so an empty or half-written record is read again for up to about a second."""
+    for attempt in range(tries):
+        try:
+            holder = json.loads((run_dir / LOCK_FILE).read_text())
+            return f"process {holder['pid']} on {holder['host']} (since {holder['since']}: {holder['command']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if attempt + 1 < tries:
+                time.sleep(0.025)
+    return "another process"
 
 
 @contextmanager
