@@ -131,3 +131,24 @@ def test_samplers_are_seeded(variant):
         first, second = getattr(a, name), getattr(b, name)
         assert (first is None and second is None) or torch.equal(first, second)
     assert not torch.equal(a.xs, c.xs)
+
+
+@pytest.mark.parametrize("variant", ["isotropic", "noisy", "mean_shift"])
+def test_linear_prompts_are_the_documented_draws_in_order(variant):
+    """The linear sampler's stream, rebuilt with plain torch from the same generator: w, then μ (mean-shifted x),
+    then the context x, the query x and the noise (drawn even for σ = 0), so a config and seed give the same
+    prompts whichever factors (Λ = I, μ = 0, σ = 0) the sampler skips as exact no-ops."""
+    cfg = task_config(variant, "task.d=4", "task.n=6")
+    prompts = make_task(cfg, seed=3).sample(5, torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(5, 4, generator=g)
+    mean = cfg.x_mean_std * torch.randn(5, 4, generator=g) if cfg.x_mean_std > 0 else torch.zeros(5, 4)
+    xs = mean.unsqueeze(1) + torch.randn(5, 6, 4, generator=g)
+    xq = mean.unsqueeze(1) + torch.randn(5, 1, 4, generator=g)
+    labels = torch.cat([xs, xq], dim=1) @ w.unsqueeze(-1)
+    labels = labels.squeeze(-1) + cfg.noise_std * torch.randn(5, 7, generator=g)
+    for got, expected in [(prompts.w, w), (prompts.xs, xs), (prompts.xq, xq), (prompts.ys, labels[:, :6]),
+                          (prompts.yq, labels[:, 6:])]:  # fmt: skip
+        assert torch.equal(got, expected)
+    if cfg.descriptor == "mean":
+        assert torch.equal(prompts.descriptor, mean)

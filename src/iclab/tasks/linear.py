@@ -116,6 +116,10 @@ class LinearTask(Sampler):
     def __init__(self, cfg: LinearTaskConfig, seed: int = 0) -> None:
         super().__init__(cfg, seed)
         self.eigenvalues = spectrum(cfg)  # (d,)
+        # Λ's eigenvalues all 1 (read from the config: the memory check builds tasks on the meta device)
+        self.isotropic = (cfg.x_cov_diag is None or all(value == 1.0 for value in cfg.x_cov_diag)) and (
+            cfg.condition_number in (None, 1.0) or cfg.d == 1
+        )
         fixed = make_generator(seed, "task.fixed")
         self.rotation = random_rotation(1, cfg.d, fixed, torch.float64)[0] if cfg.rotation == "fixed" else None
         self.means = (
@@ -187,7 +191,7 @@ class LinearTask(Sampler):
             basis = random_rotation(batch, d, generator, dtype)
         elif self.rotation is not None:
             basis = self.rotation.to(dtype).expand(batch, d, d)
-        sqrt_eig = self.eigenvalues.sqrt().to(dtype)
+        sqrt_eig = None if self.isotropic else self.eigenvalues.sqrt().to(dtype)  # None: all eigenvalues 1
 
         g_w = torch.randn(batch, d, generator=generator, dtype=dtype)
         if cfg.w_cov == "identity":
@@ -195,10 +199,11 @@ class LinearTask(Sampler):
         elif cfg.w_cov == "diag":
             w = g_w * torch.tensor(cfg.w_cov_diag, dtype=dtype).sqrt()
         else:  # inverse_x: w = Q diag(λ^{-1/2}) g
-            w = g_w / sqrt_eig if basis is None else torch.einsum("bij,bj->bi", basis, g_w / sqrt_eig)
+            scaled = g_w if sqrt_eig is None else g_w / sqrt_eig
+            w = scaled if basis is None else torch.einsum("bij,bj->bi", basis, scaled)
 
         descriptor = None
-        mean = torch.zeros(batch, d, dtype=dtype)
+        mean = None  # (B, d); None: x is centred
         if self.means is not None:
             index = torch.randint(cfg.n_means, (batch,), generator=generator)
             mean = self.means[index].to(dtype)
@@ -207,21 +212,26 @@ class LinearTask(Sampler):
         elif cfg.x_mean_std > 0:
             mean = cfg.x_mean_std * torch.randn(batch, d, generator=generator, dtype=dtype)
         if cfg.descriptor == "mean":
-            descriptor = mean
+            descriptor = torch.zeros(batch, d, dtype=dtype) if mean is None else mean
 
-        def draw_x(count: int) -> Tensor:  # (B, count, d) = μ + Q diag(√λ) g
-            g = torch.randn(batch, count, d, generator=generator, dtype=dtype) * sqrt_eig
-            x = mean.unsqueeze(1) + (g if basis is None else g @ basis.transpose(-1, -2))
+        def draw_x(count: int) -> Tensor:  # (B, count, d) = μ + Q diag(√λ) g (each factor skipped when it is 1)
+            x = torch.randn(batch, count, d, generator=generator, dtype=dtype)
+            if sqrt_eig is not None:
+                x = x * sqrt_eig
+            if basis is not None:
+                x = x @ basis.transpose(-1, -2)
+            if mean is not None:
+                x = mean.unsqueeze(1) + x
             if d_active is not None and d_active < d:
                 x[..., d_active:] = 0.0
             return x
 
         xs, xq = draw_x(n), draw_x(m)
-        noise = cfg.noise_std * torch.randn(batch, n + m, generator=generator, dtype=dtype)
+        noise = torch.randn(batch, n + m, generator=generator, dtype=dtype)  # drawn even for σ = 0: the same stream
         signal = RESPONSES[cfg.response](torch.cat([xs, xq], dim=1) @ w.unsqueeze(-1)).squeeze(-1)  # (B, n+m)
         if cfg.random_sign:
             signal = signal * (2 * torch.randint(2, (batch, 1), generator=generator) - 1).to(dtype)
-        labels = signal + noise
+        labels = signal + cfg.noise_std * noise if cfg.noise_std > 0 else signal
         return Prompts(xs=xs, ys=labels[:, :n], xq=xq, yq=labels[:, n:], descriptor=descriptor, w=w)
 
 
