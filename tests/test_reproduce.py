@@ -131,6 +131,27 @@ def test_newton_quick(tmp_path, capsys):
     assert (out / "figures" / "newton_map.png").exists() and (out / "probes" / "L2" / "report.md").exists()
 
 
+def test_newton_gpt2_quick(tmp_path, capsys):
+    """Fu et al. on a GPT-2 at the quick size: the fitted read-out of every layer is matched at every prefix by
+    SimE; the Newton–Schulz iterations matched grow with the layer, and at the last layer Newton–Schulz beats GD
+    (both claim checks say yes, so reproduce exits 0); layers.csv repeats the probe's own candidates."""
+    out = tmp_path / "newton_gpt2"
+    code = main(["reproduce", "newton_gpt2", "--quick", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0 and "NO " not in printed.out, printed.out
+    layers = pd.read_csv(out / "layers.csv")
+    assert layers["layer"].tolist() == [1, 2, 3, 4]
+    newton = layers["newton_k"].to_numpy()
+    assert (newton[1:] >= newton[:-1]).all() and newton[-1] > newton[0]
+    assert layers["newton_sime"].iloc[-1] > layers["gd_sime"].iloc[-1]
+    assert layers["probe_loss"].iloc[-1] < 0.1 * layers["probe_loss"].iloc[0]  # the last layer nearly solves it
+    candidates = pd.read_csv(out / "probe" / "candidates.csv").set_index(["layer", "family"])
+    for row in layers.itertuples():
+        assert row.newton_sime == candidates.loc[(row.layer, "newton"), "sime"]
+        assert row.gd_k == candidates.loc[(row.layer, "gd"), "iterations"]
+    assert (out / "figures" / "newton_gpt2.png").exists() and "SimE" in (out / "report.md").read_text()
+
+
 def test_execute_leaves_out_diverged_runs_when_allowed(tmp_path):
     small = ("task.d=3", "task.n=6", "train.steps=3", "eval.batch_size=16")
     specs = [RunSpec("ok", small), RunSpec("bad", (*small, "train.diverge_loss=1e-9"))]

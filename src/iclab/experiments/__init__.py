@@ -21,6 +21,7 @@ from iclab.experiments import (
     mlp_lsa,
     nath,
     newton,
+    newton_gpt2,
     oswald,
     task_descriptors,
     zfb,
@@ -36,6 +37,7 @@ RECIPES: dict[str, Recipe] = {
         mlp_lsa.RECIPE,
         oswald.RECIPE,
         newton.RECIPE,
+        newton_gpt2.RECIPE,
         mahankali.RECIPE,
         task_descriptors.RECIPE,
         zfb.RECIPE,
@@ -88,7 +90,8 @@ def _finish_report(path: Path, name: str, size: str, runs: dict[str, Path], seco
     text += f"iclab reproduce {name} {flag} --out {out}\n```\n\n"
     text += "One run each, for any scheduler (then the command above only analyses):\n\n```bash\n"
     text += "\n".join(list_run_commands(name, out, size)) + "\n```\n\n## Time\n\n"
-    text += f"- training: {_duration(trained)} in {len(runs)} runs (the sum of their summary.json wall_seconds)\n"
+    count = f"{len(runs)} run" + ("" if len(runs) == 1 else "s")
+    text += f"- training: {_duration(trained)} in {count} (the sum of their summary.json wall_seconds)\n"
     text += f"- this invocation: {_duration(seconds)} wall-clock, training what was missing and the analysis\n"
     atomic_write_text(path, text)
 
