@@ -15,7 +15,7 @@ layer Newton–Schulz matches better than GD at any of the step counts and sizes
 0.957). SimE is blind to scale, so its best GD may be one whose step diverges on some prompts; the report gives
 the prediction difference beside it.
 
-Sizes: ``quick`` (CI: d = 3, n = 9, a 4-layer width-32 GPT-2, 2500 steps of 128 prompts: about 70 s),
+Sizes: ``quick`` (CI: d = 3, n = 9, a 4-layer width-32 GPT-2, 1500 steps of 128 prompts: about 55 s),
 ``scaled`` (d = 5, n = 15, a 6-layer width-64 GPT-2, 12 000 steps: 11.4 min of training and 1.5 min of probing
 on this 2-core machine), ``full`` (Fu et al.'s d = 20, up to 40 examples, the standard 12-layer GPT-2, 500k
 steps: a GPU, days; not run here). No curriculum: the per-prompt rotation mixes the coordinates a curriculum
@@ -57,7 +57,7 @@ class Size:
     max_iterations: int = 40
 
 
-QUICK = Size(d=3, n=9, model=("model.layers=4", "model.heads=2", "model.width=32"), steps=2500, lr=3e-3,
+QUICK = Size(d=3, n=9, model=("model.layers=4", "model.heads=2", "model.width=32"), steps=1500, lr=3e-3,
              warmup_steps=200, batch_size=128, probe_prompts=200, max_iterations=20)  # fmt: skip
 SCALED = Size(d=5, n=15, model=("model.layers=6", "model.heads=2", "model.width=64"), steps=12_000, lr=1e-3,
               warmup_steps=500)  # fmt: skip
