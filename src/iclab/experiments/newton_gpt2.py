@@ -16,7 +16,7 @@ layer Newton–Schulz matches better than GD at any of the step counts and sizes
 the prediction difference beside it.
 
 Sizes: ``quick`` (CI: d = 3, n = 9, a 4-layer width-32 GPT-2, 1500 steps of 128 prompts: about 55 s),
-``scaled`` (d = 5, n = 15, a 6-layer width-64 GPT-2, 12 000 steps: 11.4 min of training and 1.5 min of probing
+``scaled`` (d = 5, n = 15, a 6-layer width-64 GPT-2, 12 000 steps: 10.8 min of training and 1.6 min of probing
 on this 2-core machine), ``full`` (Fu et al.'s d = 20, up to 40 examples, the standard 12-layer GPT-2, 500k
 steps: a GPU, days; not run here). No curriculum: the per-prompt rotation mixes the coordinates a curriculum
 would zero.
