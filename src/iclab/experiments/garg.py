@@ -25,7 +25,7 @@ import torch
 
 from iclab.config import parse_config
 from iclab.evaluate import loss_statistics, per_prompt_loss
-from iclab.experiments.grid import claims_report, load_finished
+from iclab.experiments.grid import claims_report, load_finished, next_example_overrides
 from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
 from iclab.learners import from_model
 from iclab.learners.specs import parse_learner
@@ -105,16 +105,9 @@ def plan(size_name: str) -> list[RunSpec]:
                 *task_overrides(size, task),
                 "model.name=gpt2",
                 *size.model,
-                f"train.steps={task_steps(size, task)}",
-                f"train.batch_size={size.batch_size}",
-                f"train.lr={size.lr}",
-                f"train.lr_schedule={size.schedule}",
-                f"train.warmup_steps={size.warmup_steps}",
-                "train.objective=next_example",
-                f"train.log_every={max(task_steps(size, task) // 100, 1)}",
-                f"train.checkpoint_every={max(task_steps(size, task) // 10, 1)}",
-                f"eval.every={max(task_steps(size, task) // 10, 1)}",
-                "eval.batch_size=1000",
+                *next_example_overrides(
+                    task_steps(size, task), size.batch_size, size.lr, size.schedule, size.warmup_steps
+                ),
                 *curriculum_overrides(size, task),
             ),
         )

@@ -313,6 +313,26 @@ def training_overrides(steps: int, batch_size: int, lr: float, grad_clip: float 
     ]
 
 
+def next_example_overrides(
+    steps: int, batch_size: int, lr: float, schedule: str, warmup_steps: int, evaluations: int = 10
+) -> list[str]:
+    """Garg et al.'s training of a GPT-2: the loss of each next example's label from the ones before it, Adam
+    with warm-up and ``schedule`` (train.lr_schedule); 100 metrics rows, 10 checkpoints and ``evaluations``
+    held-out evaluations (1000 prompts) per run."""
+    return [
+        f"train.steps={steps}",
+        f"train.batch_size={batch_size}",
+        f"train.lr={lr}",
+        f"train.lr_schedule={schedule}",
+        f"train.warmup_steps={warmup_steps}",
+        "train.objective=next_example",
+        f"train.log_every={max(steps // 100, 1)}",
+        f"train.checkpoint_every={max(steps // 10, 1)}",
+        f"eval.every={max(steps // evaluations, 1)}",
+        "eval.batch_size=1000",
+    ]
+
+
 def claims_report(
     title: str, size_name: str, size: object, setting: str, claims: list[Claim], tables: dict[str, pd.DataFrame]
 ) -> str:

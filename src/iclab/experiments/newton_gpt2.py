@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from iclab.config import parse_config
-from iclab.experiments.grid import claims_report, load_finished
+from iclab.experiments.grid import claims_report, load_finished, next_example_overrides
 from iclab.experiments.newton import task_overrides
 from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
 from iclab.plots import caption, count_axis, outside_legend, recipe_caption, save_figure
@@ -75,16 +75,9 @@ def plan(size_name: str) -> list[RunSpec]:
                 *task_overrides(size),
                 "model.name=gpt2",
                 *size.model,
-                f"train.steps={size.steps}",
-                f"train.batch_size={size.batch_size}",
-                f"train.lr={size.lr}",
-                "train.lr_schedule=cosine",
-                f"train.warmup_steps={size.warmup_steps}",
-                "train.objective=next_example",
-                f"train.log_every={max(size.steps // 100, 1)}",
-                f"train.checkpoint_every={max(size.steps // 10, 1)}",
-                f"eval.every={max(size.steps // 5, 1)}",
-                "eval.batch_size=1000",
+                *next_example_overrides(
+                    size.steps, size.batch_size, size.lr, "cosine", size.warmup_steps, evaluations=5
+                ),
             ),
         )
     ]
@@ -99,8 +92,7 @@ def layer_table(candidates: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
         row = {"layer": layer.layer, "probe_loss": layer.readout_loss, "best": layer.best}
         for family in FAMILIES:
             row[f"{family}_sime"] = best.loc[(layer.layer, family), "sime"]
-        row["newton_k"] = int(best.loc[(layer.layer, "newton"), "iterations"])
-        row["gd_k"] = int(best.loc[(layer.layer, "gd"), "iterations"])
+        row["newton_k"], row["gd_k"] = layer.newton_k, layer.gd_k
         row["gd_lr"] = best.loc[(layer.layer, "gd"), "value"]
         row["gd_difference"] = best.loc[(layer.layer, "gd"), "difference"]
         row["newton_difference"] = best.loc[(layer.layer, "newton"), "difference"]
