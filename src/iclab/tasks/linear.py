@@ -99,6 +99,14 @@ def spectrum(cfg: LinearTaskConfig) -> Tensor:
     return torch.ones(cfg.d, dtype=torch.float64)
 
 
+def is_isotropic(cfg: LinearTaskConfig) -> bool:
+    """Whether :func:`spectrum` is all ones (Λ = I up to the rotation), by the same rules but from the config
+    alone: the memory check builds tasks on the meta device, where a tensor has no values."""
+    if cfg.x_cov_diag is not None:
+        return all(value == 1.0 for value in cfg.x_cov_diag)
+    return cfg.condition_number in (None, 1.0) or cfg.d == 1
+
+
 RESPONSES: dict[str, Callable[[Tensor], Tensor]] = {
     "identity": lambda t: t,
     "relu": torch.relu,
@@ -116,10 +124,7 @@ class LinearTask(Sampler):
     def __init__(self, cfg: LinearTaskConfig, seed: int = 0) -> None:
         super().__init__(cfg, seed)
         self.eigenvalues = spectrum(cfg)  # (d,)
-        # Λ's eigenvalues all 1 (read from the config: the memory check builds tasks on the meta device)
-        self.isotropic = (cfg.x_cov_diag is None or all(value == 1.0 for value in cfg.x_cov_diag)) and (
-            cfg.condition_number in (None, 1.0) or cfg.d == 1
-        )
+        self.isotropic = is_isotropic(cfg)
         fixed = make_generator(seed, "task.fixed")
         self.rotation = random_rotation(1, cfg.d, fixed, torch.float64)[0] if cfg.rotation == "fixed" else None
         self.means = (
