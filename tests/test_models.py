@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,43 @@ def test_hooked_and_fast_paths_agree_and_queries_are_masked(param):
     resid, resid2 = cache["blocks.1.resid_post"], cache2["blocks.1.resid_post"]
     torch.testing.assert_close(resid[:, :n], resid2[:, :n], rtol=0, atol=0)
     torch.testing.assert_close(resid[:, n + 1 :], resid2[:, n + 1 :], rtol=0, atol=0)
+
+
+def _attention_reference(model: LSA, tokens, n: int):
+    """Every token's residual stream after each layer in float64 numpy, straight from the definition:
+    z_j ← z_j + (1/n) Σ_h Σ_{i ≤ n} (z_iᵀ W_KQ^h z_j) W_PV^h z_i."""
+    z = tokens.numpy().astype("float64")
+    streams = []
+    for block in model.blocks:
+        kq, pv = block.attn.kq().detach().double().numpy(), block.attn.pv().detach().double().numpy()
+        scores = np.einsum("bid,hde,bje->bhji", z[:, :n], kq, z)  # (B, H, N, n)
+        z = z + np.einsum("bhji,hde,bie->bjd", scores, pv, z[:, :n]) / n
+        streams.append(z)
+    return streams
+
+
+@pytest.mark.parametrize("param", ["full", "sparse", "block"])
+@pytest.mark.parametrize(("d", "n", "queries", "layers", "heads"), [(3, 2, 1, 1, 1), (4, 30, 1, 2, 2),
+                                                                      (2, 5, 7, 3, 1), (6, 12, 3, 1, 3)])  # fmt: skip
+def test_predict_and_hooked_streams_equal_the_attention_definition(param, d, n, queries, layers, heads):
+    """The prediction (whose last layer updates only the queries, Gram or direct products chosen by cost) and
+    every hooked stream equal the definition computed in float64 numpy, for sizes that take each product
+    order; a float32 model agrees to float32 rounding."""
+    task, p = sample("isotropic", f"task.d={d}", f"task.n={n}", f"task.n_queries={queries}", batch=5)
+    cfg = parse_config({}, [f"model.param={param}", f"model.layers={layers}", f"model.heads={heads}"]).model
+    model = build_model(cfg, task, torch.Generator().manual_seed(1)).double()
+    with torch.no_grad():
+        for param_tensor in model.parameters():
+            param_tensor.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(param_tensor.numel()))
+    streams = _attention_reference(model, model.tokens(p.xs, p.ys, p.xq), n)
+    expected = torch.from_numpy(-streams[-1][:, n:, d])
+    torch.testing.assert_close(model.predict(p.xs, p.ys, p.xq), expected, rtol=1e-10, atol=1e-10)
+    _, cache = run_with_cache(model, lambda: model.predict(p.xs, p.ys, p.xq))
+    for layer, stream in enumerate(streams):
+        got = cache[f"blocks.{layer}.resid_post"]
+        torch.testing.assert_close(got, torch.from_numpy(stream), rtol=1e-10, atol=1e-10)
+    single = model.float().predict(p.xs.float(), p.ys.float(), p.xq.float())
+    torch.testing.assert_close(single.double(), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 def test_balanced_init_and_parameter_counts():

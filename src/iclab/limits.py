@@ -10,8 +10,9 @@ the copies a checkpoint makes are added to it (they are made outside the traced 
 few hundred MiB (tests/test_hardening.py checks a factor of 2.5), more where a loop over context prefixes
 fragments the heap (train.objective=all_prefixes or next_example with a model that has no one-pass
 predict_prefixes: 2.4 times the live tensors, which the estimate of such a training step includes). A model
-with more than 16 layers is traced at 8 and 16 layers and extrapolated (memory grows linearly with depth;
-tracing 10⁵ layers would take minutes). :func:`check_memory` refuses a request above the free memory of the
+with more than 16 layers is traced at 8 and 16 layers and the peak of each phase extrapolated (each grows
+linearly with depth, a training step faster than an evaluation that streams its layers; tracing 10⁵ layers
+would take minutes). :func:`check_memory` refuses a request above the free memory of the
 device: on a CPU the smallest of the memory the kernel reports available, the cgroup's limit and the
 address-space limit (``ulimit -v``); on a GPU its free memory.
 """
@@ -40,12 +41,13 @@ PREFIX_LOOP_HEAP = 2.4  # measured RSS / live tensors of a training step looping
 
 class _LiveBytes(TorchDispatchMode):
     """While active: the bytes of every tensor storage created and still alive (``live``) and their peak, with
-    the phase (a label the caller sets) in which the peak was reached."""
+    the phase (a label the caller sets) in which the peak was reached, and the peak of each phase."""
 
     def __init__(self) -> None:
         super().__init__()
         self.live = self.peak = 0
         self.phase = self.peak_phase = ""
+        self.phase_peaks: dict[str, int] = {}
         self.prefix_loop = False  # the model's predict_prefixes is the default loop over prefixes
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -67,6 +69,7 @@ class _LiveBytes(TorchDispatchMode):
 
     def spike(self, size: int) -> None:
         """Count ``size`` bytes alive for a moment (copies made outside the traced code)."""
+        self.phase_peaks[self.phase] = max(self.phase_peaks.get(self.phase, 0), self.live + size)
         if self.live + size > self.peak:
             self.peak, self.peak_phase = self.live + size, self.phase
 
@@ -191,21 +194,26 @@ def training_memory(cfg: Config, objective: Any = None) -> tuple[int, str]:
     layers = getattr(cfg.model, "layers", None)
     try:
         if isinstance(layers, int) and layers > TRACED_LAYERS:
-            half, full = (
+            half, traced = (
                 _traced_peak(cfg.model_copy(update={"model": cfg.model.with_changes(layers=depth)}), objective)
                 for depth in (TRACED_LAYERS // 2, TRACED_LAYERS)
             )
-            per_layer = (full.peak - half.peak) / (TRACED_LAYERS - TRACED_LAYERS // 2)
-            traced, peak = full, int(full.peak + (layers - TRACED_LAYERS) * per_layer)
+            # Each phase's peak grows linearly with depth at its own rate (a training step's saved activations
+            # do, an evaluation's streamed layers need not): extrapolate each, then take the largest.
+            extra = (layers - TRACED_LAYERS) / (TRACED_LAYERS - TRACED_LAYERS // 2)
+            peak, phase = max(
+                (int(full + extra * max(full - half.phase_peaks.get(name, 0), 0)), name)
+                for name, full in traced.phase_peaks.items()
+            )
         else:
             traced = _traced_peak(cfg, objective)
-            peak = traced.peak
+            peak, phase = traced.peak, traced.peak_phase
     except (RuntimeError, TypeError) as err:
         if "verflow" not in str(err):  # only sizes beyond 64-bit counts are a user's error
             raise
         return 2**63, "the model or the prompts (their sizes overflow 64-bit counts)"
-    looped = traced.prefix_loop and cfg.train.objective in PREFIX_OBJECTIVES and traced.peak_phase == STEP_PHASE
-    return (int(peak * PREFIX_LOOP_HEAP) if looped else peak), traced.peak_phase
+    looped = traced.prefix_loop and cfg.train.objective in PREFIX_OBJECTIVES and phase == STEP_PHASE
+    return (int(peak * PREFIX_LOOP_HEAP) if looped else peak), phase
 
 
 def check_training_memory(cfg: Config, device: str = "cpu", objective: Any = None) -> None:

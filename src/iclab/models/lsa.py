@@ -152,20 +152,28 @@ class SelfAttention(nn.Module):
         embed = self.feature_embed.to(self.pv_block.dtype)
         return label + embed @ self.pv_block @ embed.T
 
-    def forward(self, tokens: Tensor, n: int) -> Tensor:
-        """tokens: (B, N, D), the first ``n`` are the context → the update (B, N, D).
+    def forward(self, tokens: Tensor, n: int, start: int = 0) -> Tensor:
+        """tokens: (B, N, D), the first ``n`` are the context → the update of tokens[:, start:] (B, N − start, D).
 
         weights = h(scores)/n, or the row-normalised softmax of the scores for ``softmax``.
         """
         keys = tokens[:, :n]  # (B, n, D): context only (the mask M)
+        rows = tokens[:, start:]  # (B, R, D): the tokens whose update is wanted
         linear = self.shape.activation == "linear"
         if linear and not (self.scores.listened or self.weights.listened):
+            width, count = self.shape.width, rows.shape[1]
+            if 2 * count * (width + n) < n * width + 2 * width * width:
+                # Σ_h W_PV^h Σ_i z_i (z_iᵀ W_KQ^h z_j) for a few rows (the queries): 2R(D + n)·D products
+                # per head instead of the n·D² + 2D³ of the Gram matrix below.
+                scores = (rows.unsqueeze(1) @ self.kq().transpose(-1, -2)) @ keys.unsqueeze(1).transpose(-1, -2)
+                mixed = scores @ keys.unsqueeze(1)  # (B, H, R, D): Σ_i (z_iᵀ W_KQ z_j) z_i
+                return self.out((mixed @ self.pv().transpose(-1, -2)).sum(1) / n)
             # Σ_h W_PV^h (Σ_i z_i z_iᵀ) W_KQ^h z_j: the same sum reassociated, cheaper when N·n > D².
             gram = (keys.transpose(-1, -2) @ keys).unsqueeze(1)  # (B, 1, D, D)
             mix = (self.pv() @ gram @ self.kq()).sum(1)  # (B, D, D)
-            return self.out(tokens @ mix.transpose(-1, -2) / n)
-        queries = tokens.unsqueeze(1) @ self.kq().transpose(-1, -2)  # (B, H, N, D): rows W_KQ z_j
-        scores = self.scores(queries @ keys.unsqueeze(1).transpose(-1, -2))  # (B, H, N, n): z_iᵀ W_KQ z_j
+            return self.out(rows @ mix.transpose(-1, -2) / n)
+        queries = rows.unsqueeze(1) @ self.kq().transpose(-1, -2)  # (B, H, R, D): rows W_KQ z_j
+        scores = self.scores(queries @ keys.unsqueeze(1).transpose(-1, -2))  # (B, H, R, n): z_iᵀ W_KQ z_j
         if self.shape.activation == "softmax":
             weights = torch.softmax(scores, dim=-1)
         else:
@@ -182,8 +190,14 @@ class LSABlock(nn.Module):
         self.attn = SelfAttention(shape)
         self.resid_post = HookPoint()
 
-    def forward(self, tokens: Tensor, n: int) -> Tensor:
-        return self.resid_post(tokens + self.attn(tokens, n))
+    def forward(self, tokens: Tensor, n: int, start: int = 0) -> Tensor:
+        """tokens: (B, N, D) → the residual stream of tokens[:, start:] after the layer (B, N − start, D)."""
+        return self.resid_post(tokens[:, start:] + self.attn(tokens, n, start))
+
+    @property
+    def listened(self) -> bool:
+        """Whether a hook of this layer is registered (then every token's stream is computed)."""
+        return any(isinstance(module, HookPoint) and module.listened for module in self.modules())
 
 
 class LSA(InContextModel):
@@ -222,9 +236,16 @@ class LSA(InContextModel):
         return streams
 
     def predict(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> Tensor:
-        """xs: (B, n, d), ys: (B, n), xq: (B, m, d), descriptor: (B, k) → ŷ: (B, m) (minus the label slot)."""
+        """xs: (B, n, d), ys: (B, n), xq: (B, m, d), descriptor: (B, k) → ŷ: (B, m) (minus the label slot).
+
+        The last layer updates only the query tokens (the context's last stream is not read) unless one of its
+        hooks listens."""
         n = xs.shape[1]
-        return self.readout(self(self.tokens(xs, ys, xq, descriptor), n)[:, n:])
+        tokens = self.embed(self.tokens(xs, ys, xq, descriptor))
+        for block in self.blocks[:-1]:
+            tokens = block(tokens, n)
+        last = self.blocks[-1]
+        return self.readout(last(tokens, n)[:, n:] if last.listened else last(tokens, n, start=n))
 
     def layer_states(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> list[Tensor]:
         """The residual stream at the query tokens after each layer: L tensors (B, m, D)."""
