@@ -222,9 +222,13 @@ class LSA(InContextModel):
     def num_layers(self) -> int:
         return len(self.blocks)
 
-    def forward(self, tokens: Tensor, n: int) -> Tensor:
-        """tokens: (B, n + m, D) → the final residual stream (B, n + m, D)."""
-        return self._streams(tokens, n)[-1]
+    def forward(self, tokens: Tensor, n: int, start: int = 0) -> Tensor:
+        """tokens: (B, n + m, D) → the final residual stream of tokens[:, start:] (B, n + m − start, D): the last
+        layer updates only those tokens, the earlier ones every token."""
+        tokens = self.embed(tokens)
+        for block in self.blocks[:-1]:
+            tokens = block(tokens, n)
+        return self.blocks[-1](tokens, n, start)
 
     def _streams(self, tokens: Tensor, n: int) -> list[Tensor]:
         """The residual stream after each layer: L tensors (B, n + m, D)."""
@@ -241,11 +245,8 @@ class LSA(InContextModel):
         The last layer updates only the query tokens (the context's last stream is not read) unless one of its
         hooks listens."""
         n = xs.shape[1]
-        tokens = self.embed(self.tokens(xs, ys, xq, descriptor))
-        for block in self.blocks[:-1]:
-            tokens = block(tokens, n)
-        last = self.blocks[-1]
-        return self.readout(last(tokens, n)[:, n:] if last.listened else last(tokens, n, start=n))
+        start = 0 if self.blocks[-1].listened else n
+        return self.readout(self(self.tokens(xs, ys, xq, descriptor), n, start)[:, n - start :])
 
     def layer_states(self, xs: Tensor, ys: Tensor, xq: Tensor, descriptor: Tensor | None = None) -> list[Tensor]:
         """The residual stream at the query tokens after each layer: L tensors (B, m, D)."""
