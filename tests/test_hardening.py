@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from iclab import limits
 from iclab.cli import MESSAGE_LIMIT, main
 from iclab.config import ConfigError, parse_config
 from iclab.experiments import grid
+from iclab.interrupts import RECHECK_SECONDS, interrupts_outside_imports
 from iclab.limits import available_memory, training_memory
 from iclab.registry import MODELS
 from iclab.rundir import LOCK_FILE, _holder, locked_run_dir
@@ -185,6 +187,38 @@ def test_ctrl_c_in_any_verb_is_one_line_and_exit_130(tmp_path, trained):
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_ctrl_c_that_a_finaliser_swallowed_is_raised_again():
+    """SIGINT handled inside a weakref.finalize callback (where the garbage collector runs iclab.limits's byte
+    count) is reported to sys.unraisablehook and lost unless raised again: it is, within 50 ms, and another
+    error of a finaliser still reaches the hook that was there before."""
+    reported: list[type] = []
+    previous_hook, sys.unraisablehook = sys.unraisablehook, lambda report: reported.append(report.exc_type)
+
+    class Owner:
+        pass
+
+    def interrupted_inside() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs here, inside the finaliser
+
+    def failing_inside() -> None:
+        raise ValueError("a finaliser's own error")
+
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts_outside_imports() as request:
+            for callback in (failing_inside, interrupted_inside):
+                owner = Owner()
+                weakref.finalize(owner, callback)
+                del owner  # the last reference: the callback runs now
+            swallowed = time.monotonic()
+            while time.monotonic() < swallowed + 5:
+                pass
+        assert time.monotonic() - swallowed < RECHECK_SECONDS + 0.5
+        assert request == {"signal": "SIGINT"} and reported == [ValueError]
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 # --------------------------------------------------------------------------- output locations
