@@ -159,16 +159,11 @@ class SelfAttention(nn.Module):
         """
         keys = tokens[:, :n]  # (B, n, D): context only (the mask M)
         rows = tokens[:, start:]  # (B, R, D): the tokens whose update is wanted
-        linear = self.shape.activation == "linear"
-        if linear and not (self.scores.listened or self.weights.listened):
-            width, count = self.shape.width, rows.shape[1]
-            if 2 * count * (width + n) < n * width + 2 * width * width:
-                # Σ_h W_PV^h Σ_i z_i (z_iᵀ W_KQ^h z_j) for a few rows (the queries): 2R(D + n)·D products
-                # per head instead of the n·D² + 2D³ of the Gram matrix below.
-                scores = (rows.unsqueeze(1) @ self.kq().transpose(-1, -2)) @ keys.unsqueeze(1).transpose(-1, -2)
-                mixed = scores @ keys.unsqueeze(1)  # (B, H, R, D): Σ_i (z_iᵀ W_KQ z_j) z_i
-                return self.out((mixed @ self.pv().transpose(-1, -2)).sum(1) / n)
-            # Σ_h W_PV^h (Σ_i z_i z_iᵀ) W_KQ^h z_j: the same sum reassociated, cheaper when N·n > D².
+        width, count = self.shape.width, rows.shape[1]
+        # Linear scores, not listened to: Σ_h W_PV^h (Σ_i z_i z_iᵀ) W_KQ^h z_j, the same sum reassociated, where
+        # its n·D² + 2D³ products a head are no more than the 2R(D + n)·D of the rows' scores below (many rows).
+        gram_cheaper = 2 * count * (width + n) >= n * width + 2 * width * width
+        if self.shape.activation == "linear" and gram_cheaper and not (self.scores.listened or self.weights.listened):
             gram = (keys.transpose(-1, -2) @ keys).unsqueeze(1)  # (B, 1, D, D)
             mix = (self.pv() @ gram @ self.kq()).sum(1)  # (B, D, D)
             return self.out(rows @ mix.transpose(-1, -2) / n)
@@ -178,8 +173,8 @@ class SelfAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1)
         else:
             weights = Kernel(self.shape.activation).activation(scores) / n
-        values = keys.unsqueeze(1) @ self.pv().transpose(-1, -2)  # (B, H, n, D): rows W_PV z_i
-        return self.out((self.weights(weights) @ values).sum(1))
+        mixed = self.weights(weights) @ keys.unsqueeze(1)  # (B, H, R, D): Σ_i weight_ji z_i
+        return self.out((mixed @ self.pv().transpose(-1, -2)).sum(1))  # W_PV applied to R rows, not n
 
 
 class LSABlock(nn.Module):
