@@ -24,8 +24,7 @@ from conftest import CLI, cli, one_line
 from iclab.backends import BackendOptions
 from iclab.cli import main
 from iclab.config import parse_config
-from iclab.experiments.grid import execute
-from iclab.experiments.recipe import RunSpec
+from iclab.experiments.grid import RunSpec, execute
 from iclab.results import aggregate, results_table
 from iclab.rundir import read_weights
 from iclab.sweep import SweepSpec, plan_sweep, read_sweep_file, run_sweep

@@ -90,9 +90,9 @@ def _learners_help() -> str:
 
 
 def _recipes_help() -> str:
-    from iclab.experiments import RECIPES
+    from iclab.experiments import all_recipes
 
-    return "recipes:\n" + "\n".join(f"  {r.name:<20} {r.paper}: {r.claim}" for r in RECIPES.values())
+    return "recipes:\n" + "\n".join(f"  {r.name:<20} {r.paper}: {r.claim}" for r in all_recipes())
 
 
 def _check_device(device: str) -> str:
@@ -337,16 +337,18 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from iclab.experiments import RECIPES, list_run_commands, reproduce
+    from iclab.experiments import all_recipes, get_recipe, list_run_commands, reproduce
+    from iclab.experiments.records import recorded_counts
+    from iclab.experiments.reproduce import check_size, seeds_of, verdict_line
     from iclab.rundir import check_writable_folder
 
     if args.list:
-        print("\n".join(f"{r.name:<20} {r.paper} — {r.claim}" for r in RECIPES.values()))
+        for recipe in all_recipes():
+            print(f"{recipe.name:<17} {recipe.paper} — {recipe.claim}\n{'':<17} {recorded_counts(recipe.name)}")
         return 0
     if args.name is None:
-        raise UsageError(f"give a recipe name ({', '.join(RECIPES)}) or --list")
-    if args.name not in RECIPES:
-        raise UsageError(f"unknown reproduction {args.name!r}; choose from {', '.join(RECIPES)}")
+        raise UsageError(f"give a recipe name ({', '.join(r.name for r in all_recipes())}) or --list")
+    recipe = get_recipe(args.name)
     if args.workers is not None and args.backend == "local":
         if args.jobs != 1:
             raise UsageError("--workers and --jobs are the same for --backend local; give one of them")
@@ -355,28 +357,43 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.quick and args.size not in (None, "quick"):
         raise UsageError(f"--quick is --size quick; got both --quick and --size {args.size}")
     size = "quick" if args.quick else args.size or "full"
-    out = Path(args.out or f"runs/reproduce/{args.name}{'' if size == 'full' else '-' + size}")
+    check_size(recipe, size)
+    seeds = seeds_of(args.seeds, args.seed_offset)
+    suffix = ("" if size == "full" else f"-{size}") + ("-untrained" if args.untrained else "")
+    out = Path(args.out or f"runs/reproduce/{args.name}{suffix}")
     if args.list_runs:
-        print("\n".join(list_run_commands(args.name, out, size=size)))
+        print("\n".join(list_run_commands(args.name, out, size, args.seeds, args.seed_offset, args.untrained)))
         return 0
     options = _backend_options(args, args.jobs if args.backend == "local" else args.workers)
     device = _backend_device(args.device, options)
     check_writable_folder(out, "--out")
+    common = {"size": size, "seeds": args.seeds, "seed_offset": args.seed_offset, "device": device,
+              "progress": not args.quiet, "untrained": args.untrained}  # fmt: skip
     if options.name == "local":
-        outcome = reproduce(args.name, out, size=size, device=device, progress=not args.quiet, jobs=args.jobs)
+        outcome = reproduce(args.name, out, jobs=args.jobs, **common)
     else:
         from iclab.backends import open_backend
 
-        with open_backend(options, out / ".submitit", len(RECIPES[args.name].plan(size))) as (executor, _):
-            outcome = reproduce(args.name, out, size=size, device=device, progress=not args.quiet, executor=executor)
-    for claim, ok in outcome["checks"].items():
-        print(f"{'yes' if ok else 'NO '}  {claim}")
+        runs = len(recipe.plan(recipe.sizes[size])) * len(seeds)
+        with open_backend(options, out / ".submitit", runs) as (executor, _):
+            outcome = reproduce(args.name, out, executor=executor, **common)
+    for result in outcome.results:
+        print(verdict_line(result))
+    print(f"{args.name} ({size}, seeds {', '.join(map(str, seeds))}): {outcome.counts.text()}")
     figures = f"; figures: {out / 'figures'}" if (out / "figures").is_dir() else ""
     print(f"report: {out / 'report.md'}{figures}")
-    failed = [claim for claim, ok in outcome["checks"].items() if not ok]
+    if args.untrained:
+        passed = outcome.passed_untrained
+        if passed:
+            print(f"iclab: reproduce {args.name} --untrained: {len(passed)} reproduction claims pass on untrained "
+                  f"models: {'; '.join(r.claim.key for r in passed)}", file=sys.stderr)  # fmt: skip
+            return CLAIM_FAILED
+        return 0
+    failed = outcome.failed
     if failed:
-        print(f"iclab: reproduce {args.name} ({size}): {len(failed)} of {len(outcome['checks'])} claim checks "
-              f"failed: {'; '.join(failed)}", file=sys.stderr)  # fmt: skip
+        print(f"iclab: reproduce {args.name} ({size}): {len(failed)} of {len(outcome.results)} claims not "
+              f"reproduced: {'; '.join(f'{r.claim.key} ({r.verdict_text()})' for r in failed)}",
+              file=sys.stderr)  # fmt: skip
         return CLAIM_FAILED
     return 0
 
@@ -530,21 +547,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = verbs.add_parser(
         "reproduce",
-        help="reproduce a published result (a grid of runs, figures, report.md)",
-        description="Reproduce a published claim: trains its grid of runs (resumable), evaluates them beside "
-        "the reference algorithms, writes its tables, figures and report.md, and prints the claim checks. Exit 0 "
-        "when every check says yes, 3 when one says NO (a line on stderr names them).",
+        help="reproduce a published result (its runs at 3+ seeds, claims with controls, figures, report.md)",
+        description="Reproduce a paper's claims: trains the recipe's runs at every seed (resumable run dirs), "
+        "measures them, decides every claim at every seed together with its negative controls (wrong answers the "
+        "same test must reject), writes claims.csv, figures and report.md, and prints one line per claim and the "
+        "counts. Exit 0 when every claim tested is reproduced, 3 when one is not (a line on stderr names them); "
+        "with --untrained, 0 when no reproduction claim passes on the untrained models, 3 when one does.",
         details=_recipes_help,
     )
     rep.add_argument("name", nargs="?", help="recipe name, e.g. functional_gd (--list: every recipe)")
-    rep.add_argument("--list", action="store_true", help="print the recipes, one a line (name, paper: claim), and exit")
-    rep.add_argument("--quick", action="store_true", help="the small size that CI runs (seconds to a minute)")
+    rep.add_argument("--list", action="store_true",
+                     help="print the recipes (name, paper — claim, and the counts of the last recorded full-size "
+                     "run) and exit")  # fmt: skip
+    rep.add_argument("--quick", action="store_true", help="the small size that CI runs (about a minute)")
     rep.add_argument("--size", help="a size the recipe has (quick, full, and some have more; default full)")
+    rep.add_argument("--seeds", type=int, default=3, help="seeds every claim runs at (default 3, at least 3)")
+    rep.add_argument("--seed-offset", type=int, default=0,
+                     help="the first seed (default 0): seeds S, S+1, …, S+K-1")  # fmt: skip
+    rep.add_argument("--untrained", action="store_true",
+                     help="the recipe's negative control: its runs at initialisation (0 training steps), on which "
+                     "no reproduction claim may pass (default out: …-untrained)")  # fmt: skip
     rep.add_argument("--out", help="output folder (default runs/reproduce/NAME[-SIZE])")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes (default 1)")
     rep.add_argument("--list-runs", action="store_true",
-                     help="print one `iclab train …` command per run (for any scheduler) and exit")  # fmt: skip
+                     help="print one `iclab train …` command per run and seed (any scheduler) and exit")  # fmt: skip
     _add_device(rep)
     _add_backend(rep, "the same as --jobs")
     rep.set_defaults(func=cmd_reproduce)

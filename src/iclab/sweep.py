@@ -52,8 +52,7 @@ from iclab.config import (
     read_yaml,
 )
 from iclab.errors import UsageError
-from iclab.experiments.grid import ALREADY_DONE, DONE, run_plan
-from iclab.experiments.recipe import RunSpec
+from iclab.experiments.grid import ALREADY_DONE, DONE, RunSpec, run_plan
 from iclab.results import RESULTS_FILE, results_table, write_results
 from iclab.rundir import SUMMARY_FILE, RunDirError, check_writable_folder, read_json
 

@@ -10,20 +10,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from iclab.config import parse_config
 from iclab.errors import ResourceError
-from iclab.experiments.recipe import Claim, RunSpec, claims_frame
 from iclab.interrupts import sigint_ignored
 from iclab.models import InContextModel
-from iclab.plots import markdown_table
 from iclab.rundir import SUMMARY_FILE, RunDirError, locked_run_dir, read_json
 from iclab.runs import load_model
 from iclab.train import TrainingDiverged, train
@@ -34,6 +31,14 @@ BUSY = "busy"  # what train_run returns, asked not to wait, for a run dir anothe
 _worker_threads = 1  # torch threads of a run trained without progress bars (in a worker process)
 SELF_STOP = 2.0  # seconds a worker reached by the same Ctrl-C has to end by itself before SIGTERM
 STOP_GRACE = 10.0  # seconds a worker has after SIGTERM to save its checkpoint and end before SIGKILL
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a plan: trained by ``iclab train *overrides --out ROOT/run_id``."""
+
+    run_id: str
+    overrides: tuple[str, ...]
 
 
 class Executor(Protocol):
@@ -331,21 +336,3 @@ def next_example_overrides(
         f"eval.every={max(steps // evaluations, 1)}",
         "eval.batch_size=1000",
     ]
-
-
-def claims_report(
-    title: str, size_name: str, size: object, setting: str, claims: list[Claim], tables: dict[str, pd.DataFrame]
-) -> str:
-    """report.md: the title and size, every field of the ``size`` dataclass, a line on the ``setting``, the
-    claims (each: what is claimed, the paper's statement or number, iclab's number, the tolerance, yes/NO), then
-    each ``{heading: DataFrame}`` as a markdown table. ``reproduce`` appends the commands and the time."""
-    lines = [f"# {title} ({size_name} size)", "", "Settings:", ""]
-    lines += [f"- {key}: {value}" for key, value in asdict(size).items()]
-    lines += [f"- {setting}", "", "## Claims", ""]
-    lines += ["Each claim as the paper states it, iclab's measured number (with its interval where it is an "
-              "estimate), the tolerance it is held to, and whether it holds.", ""]  # fmt: skip
-    table = claims_frame(claims)
-    lines += [markdown_table(table.assign(holds=table["holds"].map({True: "yes", False: "NO"})))]
-    for heading, frame in tables.items():
-        lines += ["", f"## {heading}", "", markdown_table(frame)]
-    return "\n".join(lines) + "\n"
