@@ -22,9 +22,15 @@ W_PV on the label only), balanced initialisation (ZFB's), Adam with clipping 1.0
   against the one-layer optimum's on the same prompts (95 % bootstrap intervals of the paired difference).
 
 What :mod:`iclab.experiments.mahankali` does not: the n grid and the n → ∞ limit, a rotated Λ, the closed form
-checked against the general one, the gradient flow, and depth. Time on 2 CPU cores (runs trained one
-after another): quick ≈ 30–40 s (28 s of CPU measured); full 22.9 min measured (13 runs):
-docs/results/zfb.md.
+checked against the general one, the gradient flow, and depth.
+
+Tests and controls. A trained Γ is judged against ZFB's Γ* by ‖Γ − Γ*‖/‖Γ*‖ (and its exact loss against L*)
+at half the distance from Γ* to the nearest named wrong answer: Γ* × 0.95, Λ⁻¹ (the n → ∞ preconditioner, wrong
+at finite n) and the best plain GD step ηI (no preconditioning); these distances do not depend on the rotation.
+A layer's alignment with Λ⁻¹ is decided by cos(Γ_ℓ, Λ⁻¹) above the midpoint between 1 and cos(I, Λ⁻¹), so that
+plain GD (Γ_ℓ ∝ I) is rejected; "deeper beats the one-layer optimum" by the paired 95 % interval of the loss
+difference on shared fresh prompts, which the one-layer optimum itself (difference 0) fails. The flows are
+theory checks, controlled by the flow from the zero initialisation (a stationary point).
 """
 
 from __future__ import annotations
@@ -39,11 +45,22 @@ import pandas as pd
 import torch
 
 from iclab.evaluate import loss_statistics, paired_prompt_losses
-from iclab.experiments.grid import claims_report, training_overrides
-from iclab.experiments.recipe import Claim, Recipe, RunSpec, claim_checks, claims_frame
+from iclab.experiments.claims import (
+    REPRODUCTION,
+    THEORY,
+    Claim,
+    ClaimResult,
+    Criterion,
+    Estimate,
+    above,
+    below,
+    interval_below,
+)
+from iclab.experiments.grid import RunSpec, training_overrides
+from iclab.experiments.recipe import Context, Recipe, register_recipe
 from iclab.learners import from_model
 from iclab.models.lsa import LSA
-from iclab.plots import caption, clipped_label, outside_legend, readable_log_axis, recipe_caption, save_figure
+from iclab.plots import caption, clipped_label, outside_legend, readable_log_axis, save_figure
 from iclab.probe.weights import frobenius_cosine
 from iclab.rundir import atomic_write_text
 from iclab.runs import load_model
@@ -56,11 +73,14 @@ from iclab.theory.lsa_weights import effective_gamma, lsa_from_gamma
 
 BASES = {"diag": "none", "rotated": "fixed"}  # basis of Λ → task.rotation
 LABELS = {"diag": "diagonal Λ", "rotated": "rotated Λ"}
+SCALED = 0.95  # the perturbed-optimum control: Γ* × 0.95
+ZFB = "ZFB Thm 4.1"
+AHN_ONE, AHN_DEEP = "Ahn et al. Thm 1", "Ahn et al. Sec. 4"
 
 
 @dataclass(frozen=True)
 class Size:
-    """One size of the experiment (one seed; every run a sparse LSA from the balanced init)."""
+    """One size of the experiment (per seed; every run a sparse LSA from the balanced init)."""
 
     d: int
     x_cov_diag: tuple[float, ...]  # eigenvalues λ of Λ (length d)
@@ -73,17 +93,14 @@ class Size:
     lr: float = 0.01  # Adam, cosine decay (every run)
     eval_prompts: int = 20_000  # fresh prompts for the depth study's paired losses
     flow_t_max: float = 1e4
-    loss_tolerance: float = 0.03  # trained one-layer exact loss within this of L* (relative)
-    gamma_tolerance: float = 0.05  # ‖Γ − Γ*‖_F/‖Γ*‖_F below this
-    closed_form_tolerance: float = 1e-10  # ZFB's Γ* against Σ_w Λ M⁻¹ (relative, Frobenius)
-    flow_tolerance: float = 1e-8  # gradient flow's L(θ(T)) − L* below this
-    cosine_floor: float = 0.95  # every trained layer: cos(Γ_ℓ, Λ⁻¹) at least this (and above cos(Γ_ℓ, I))
+    closed_form_tolerance: float = 1e-10  # ZFB's Γ* against Σ_w Λ M⁻¹ (relative, Frobenius): float64 rounding
+    flow_tolerance: float = 1e-8  # gradient flow's L(θ(T)) − L* below this (the ODE solver's tolerances)
 
 
 FULL = Size(d=5, x_cov_diag=(4.0, 2.0, 1.0, 0.5, 0.25), n_grid=(5, 10, 20, 40, 80), depth_n=20, depths=(1, 2, 3),
             steps=6000, deep_steps=4000, batch_size=2048)  # fmt: skip
-QUICK = Size(d=3, x_cov_diag=(2.0, 1.0, 0.5), n_grid=(5, 20, 80), depth_n=20, depths=(1, 2), steps=400,
-             deep_steps=800, batch_size=1024, lr=0.02, eval_prompts=8192)  # fmt: skip
+QUICK = Size(d=3, x_cov_diag=(2.0, 1.0, 0.5), n_grid=(5, 20, 80), depth_n=20, depths=(1, 2), steps=1000,
+             deep_steps=800, batch_size=2048, lr=0.01, eval_prompts=8192)  # fmt: skip
 SIZES = {"quick": QUICK, "full": FULL}
 
 
@@ -95,9 +112,8 @@ def ahn_id(layers: int) -> str:
     return f"ahn_L{layers}"
 
 
-def plan(size_name: str) -> list[RunSpec]:
+def plan(size: Size) -> list[RunSpec]:
     """One-layer runs (w ~ N(0, I)) at every n in both bases, and the depth study (w ~ N(0, Λ⁻¹), rotated Λ)."""
-    size = SIZES[size_name]
     spectrum = "task.x_cov_diag=" + ",".join(f"{value:g}" for value in size.x_cov_diag)
     model = ("model.param=sparse", "model.init=balanced")
     specs = [
@@ -136,11 +152,46 @@ def offdiagonal_share(matrix: np.ndarray) -> float:
     return float(np.linalg.norm(matrix - np.diag(np.diag(matrix))) / np.linalg.norm(matrix))
 
 
+def plain_gd_step(x_cov: np.ndarray, n: float, w_cov: np.ndarray | None = None) -> np.ndarray:
+    """The best plain GD step Γ = η I (no noise): η = tr(Λ Σ_w Λ)/tr(Λ M), the minimiser of the quadratic L(ηI)."""
+    w_cov = np.eye(x_cov.shape[0]) if w_cov is None else w_cov
+    moment = lsa_moment(n, x_cov, w_cov)
+    return np.trace(x_cov @ w_cov @ x_cov) / np.trace(x_cov @ moment) * np.eye(x_cov.shape[0])
+
+
 def plain_gd_loss(x_cov: np.ndarray, n: float) -> float:
-    """The exact loss of the best plain GD step Γ = η I (w ~ N(0, I), no noise): η = tr(Λ³)/tr(Λ M)."""
-    moment = lsa_moment(n, x_cov)
-    eta = np.trace(x_cov @ x_cov @ x_cov) / np.trace(x_cov @ moment)
-    return lsa_loss(eta * np.eye(x_cov.shape[0]), n, x_cov)
+    """The exact loss of the best plain GD step (w ~ N(0, I), no noise)."""
+    return lsa_loss(plain_gd_step(x_cov, n), n, x_cov)
+
+
+def zfb_controls(x_cov: np.ndarray, n: float) -> dict[str, np.ndarray]:
+    """The wrong answers a trained one-layer Γ is told apart from (w ~ N(0, I), Λ = ``x_cov``)."""
+    return {f"Γ* × {SCALED:g}": SCALED * zfb_gamma(x_cov, n), "Λ⁻¹ (the n → ∞ preconditioner)": np.linalg.inv(x_cov),
+            "the best plain GD step ηI (no preconditioning)": plain_gd_step(x_cov, n)}  # fmt: skip
+
+
+def ahn_controls(x_cov: np.ndarray, n: float) -> dict[str, np.ndarray]:
+    """The wrong answers for the one-layer model of the depth study (w ~ N(0, Λ⁻¹))."""
+    return {f"Γ* × {SCALED:g}": SCALED * ahn_gamma(x_cov, n),
+            "ZFB's Γ* (the optimum under w ~ N(0, I))": zfb_gamma(x_cov, n),
+            "the best plain GD step ηI (no preconditioning)": plain_gd_step(x_cov, n, np.linalg.inv(x_cov)),
+            }  # fmt: skip
+
+
+def gamma_tolerance(optimum: np.ndarray, controls: dict[str, np.ndarray]) -> float:
+    """Half the distance from Γ* to the nearest control (rotation-invariant: computed on the diagonal Λ)."""
+    return min(relative(g, optimum) for g in controls.values()) / 2
+
+
+def loss_tolerance(loss, optimal: float, controls: dict[str, np.ndarray]) -> float:
+    """Half the smallest excess loss of a control, as a fraction of L*."""
+    return min(loss(g) / optimal - 1 for g in controls.values()) / 2
+
+
+def alignment_floor(size: Size) -> float:
+    """The cosine a layer's Γ_ℓ must have with Λ⁻¹: the midpoint between 1 and cos(I, Λ⁻¹) (plain GD's)."""
+    inverse = np.linalg.inv(np.diag(size.x_cov_diag))
+    return (1 + frobenius_cosine(np.eye(size.d), inverse)) / 2
 
 
 def layer_gammas(model: LSA) -> list[tuple[np.ndarray, float]]:
@@ -155,9 +206,22 @@ def layer_gammas(model: LSA) -> list[tuple[np.ndarray, float]]:
     return pairs
 
 
-def measure_one_layer(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """ZFB's runs: results.csv's table (one row per run), gammas.csv's (every entry of the trained Γ, Γ* and
-    Λ⁻¹ per run) and ``{(basis, n): (t, L(θ(t)) − L*)}`` of the gradient flows."""
+@dataclass(frozen=True)
+class Measured:
+    """One seed's measurements: the one-layer runs (``results``, ``entries`` of the matrices, the flows'
+    ``curves``) and the depth study (``depth``, ``layers``)."""
+
+    results: pd.DataFrame
+    entries: pd.DataFrame
+    curves: dict
+    depth: pd.DataFrame
+    layers: pd.DataFrame
+
+
+def measure_one_layer(size: Size, runs: dict[str, Path], seed: int, device: str) -> tuple:
+    """ZFB's runs of one seed: results.csv's rows (per run: the trained Γ against Γ* and each control's distance
+    and excess loss, the flows from the balanced and the zero init), gammas.csv's rows (every entry of the
+    trained Γ, Γ* and Λ⁻¹) and ``{(basis, n): (t, L(θ(t)) − L*)}`` of the balanced flows."""
     rows, entries, curves = [], [], {}
     for basis in BASES:
         for n in size.n_grid:
@@ -166,29 +230,38 @@ def measure_one_layer(size: Size, runs: dict[str, Path], device: str) -> tuple[p
             x_cov = make_task(cfg.task, cfg.seed).x_cov.numpy()
             gamma, closed, inverse = effective_gamma(model), zfb_gamma(x_cov, n), np.linalg.inv(x_cov)
             optimum = lsa_optimum(n, x_cov)
+            problem = task_problem(cfg.task, cfg.seed)
             a0, v0 = initial_weights(size.d, "balanced", cfg.model.init_scale, cfg.seed)
-            flow = gradient_flow(task_problem(cfg.task, cfg.seed), a0, v0, t_max=size.flow_t_max)
+            flow = gradient_flow(problem, a0, v0, t_max=size.flow_t_max)
+            stuck = gradient_flow(problem, *initial_weights(size.d, "zero"), t_max=size.flow_t_max)
             curves[(basis, n)] = (flow.t, flow.loss - flow.optimal_loss)
             loss = lsa_loss(gamma, n, x_cov)
+            controls = zfb_controls(x_cov, n)
             rows.append({
-                "basis": basis, "n": n, "run_id": name, "exact_loss": loss, "optimal_loss": optimum.loss,
-                "gap_percent": 100 * (loss / optimum.loss - 1), "gamma_distance": relative(gamma, closed),
-                "closed_form_difference": relative(closed, optimum.gamma),
+                "basis": basis, "n": n, "seed": seed, "run_id": name, "exact_loss": loss,
+                "optimal_loss": optimum.loss, "gap_percent": 100 * (loss / optimum.loss - 1),
+                "gamma_distance": relative(gamma, closed), "closed_form_difference": relative(closed, optimum.gamma),
+                "closed_form_without_trace": relative(np.linalg.inv((1 + 1 / n) * x_cov), optimum.gamma),
                 "optimum_to_inverse": relative(closed, inverse), "trained_to_inverse": relative(gamma, inverse),
+                "plain_to_inverse": relative(plain_gd_step(x_cov, n), inverse),
                 "offdiagonal_optimum": offdiagonal_share(closed), "offdiagonal_trained": offdiagonal_share(gamma),
                 "plain_gd_loss": plain_gd_loss(x_cov, n), "flow_final_gap": flow.final_gap,
+                "zero_flow_final_gap": stuck.final_gap,
                 "flow_gamma_distance": relative(-flow.v[-1] * flow.a[-1].T, closed),
+                "controls": {c: (relative(g, closed), lsa_loss(g, n, x_cov) / optimum.loss - 1)
+                             for c, g in controls.items()},
             })  # fmt: skip
             for matrix, values in (("trained", gamma), ("optimum", closed), ("inverse_x_cov", inverse)):
-                entries += [{"run_id": name, "matrix": matrix, "row": i, "col": j, "value": value}
+                entries += [{"seed": seed, "run_id": name, "matrix": matrix, "row": i, "col": j, "value": value}
                             for (i, j), value in np.ndenumerate(values)]  # fmt: skip
-    return pd.DataFrame(rows), pd.DataFrame(entries), curves
+    return pd.DataFrame(rows).set_index("run_id", drop=False), pd.DataFrame(entries), curves
 
 
-def measure_depth(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Ahn et al.'s runs: depth.csv's table (one row per model: its loss and the one-layer optimum's on the same
-    prompts, the paired differences with 95 % intervals; for one layer the exact loss and Γ against n/(n + d + 1)
-    Λ⁻¹) and layers.csv's (one row per layer: cosines of Γ_ℓ with Λ⁻¹ and I, a_ℓ, v_ℓ, ‖Γ_ℓ‖)."""
+def measure_depth(size: Size, runs: dict[str, Path], seed: int, device: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ahn et al.'s runs of one seed: depth.csv's rows (per model: its loss and the one-layer optimum's on the
+    same prompts, the paired differences with 95 % intervals; for one layer the exact loss and Γ against
+    n/(n + d + 1) Λ⁻¹ and its controls) and layers.csv's (per layer: cosines of Γ_ℓ with Λ⁻¹ and I, a_ℓ, v_ℓ,
+    ‖Γ_ℓ‖)."""
     loaded = {layers: load_model(runs[ahn_id(layers)], device=device) for layers in size.depths}
     _, cfg, _ = loaded[size.depths[0]]
     sampler = make_task(cfg.task, cfg.seed)
@@ -196,97 +269,191 @@ def measure_depth(size: Size, runs: dict[str, Path], device: str) -> tuple[pd.Da
     inverse, optimum = np.linalg.inv(x_cov), lsa_optimum(n, x_cov, w_cov)
     models = [loaded[layers][0] for layers in size.depths]
     learners = [from_model(model.double().to(device)) for model in (lsa_from_gamma(optimum.gamma), *models)]
-    per_prompt = paired_prompt_losses(learners, sampler, size.eval_prompts, make_generator(cfg.seed, "analysis"),
+    per_prompt = paired_prompt_losses(learners, sampler, size.eval_prompts, make_generator(seed, "analysis"),
                                       device=device)  # fmt: skip
     columns = [per_prompt[:, 1:], per_prompt[:, 1:] - per_prompt[:, :1], per_prompt[:, 2:] - per_prompt[:, 1:-1]]
-    mean, _, low, high, _ = loss_statistics(torch.cat([per_prompt[:, :1], *columns], dim=1))
+    mean, _, low, high, _ = loss_statistics(torch.cat([per_prompt[:, :1], *columns], dim=1), seed=seed)
     k = len(models)
     rows, layer_rows = [], []
     for i, (layers, model) in enumerate(zip(size.depths, models, strict=True)):
         shallower = 1 + 2 * k + i - 1  # column of (this − the previous depth), from the second model on
-        row = {"layers": layers, "run_id": ahn_id(layers), "loss": float(mean[1 + i]), "loss_low": float(low[1 + i]),
-               "loss_high": float(high[1 + i]), "optimum_loss_same_prompts": float(mean[0]),
-               "optimal_loss_1layer": optimum.loss, "minus_optimum": float(mean[1 + k + i]),
-               "minus_optimum_low": float(low[1 + k + i]), "minus_optimum_high": float(high[1 + k + i]),
+        row = {"layers": layers, "seed": seed, "run_id": ahn_id(layers), "loss": float(mean[1 + i]),
+               "loss_low": float(low[1 + i]), "loss_high": float(high[1 + i]),
+               "optimum_loss_same_prompts": float(mean[0]), "optimal_loss_1layer": optimum.loss,
+               "minus_optimum": float(mean[1 + k + i]), "minus_optimum_low": float(low[1 + k + i]),
+               "minus_optimum_high": float(high[1 + k + i]),
                "minus_shallower": float(mean[shallower]) if i else np.nan,
                "minus_shallower_low": float(low[shallower]) if i else np.nan,
                "minus_shallower_high": float(high[shallower]) if i else np.nan,
                "exact_loss": np.nan, "gamma_distance": np.nan,
-               "closed_form_difference": relative(ahn_gamma(x_cov, n), optimum.gamma)}  # fmt: skip
+               "closed_form_difference": relative(ahn_gamma(x_cov, n), optimum.gamma), "controls": {}}  # fmt: skip
         pairs = layer_gammas(model)
         if layers == 1:
+            closed = ahn_gamma(x_cov, n)
             row["exact_loss"] = lsa_loss(pairs[0][0], n, x_cov, w_cov)
-            row["gamma_distance"] = relative(pairs[0][0], ahn_gamma(x_cov, n))
+            row["gamma_distance"] = relative(pairs[0][0], closed)
+            row["controls"] = {c: (relative(g, closed), lsa_loss(g, n, x_cov, w_cov) / optimum.loss - 1)
+                               for c, g in ahn_controls(x_cov, n).items()}  # fmt: skip
         rows.append(row)
         for layer, (gamma, value) in enumerate(pairs, start=1):
-            layer_rows.append({"layers": layers, "layer": layer, "cos_inverse": frobenius_cosine(gamma, inverse),
+            layer_rows.append({"layers": layers, "layer": layer, "seed": seed,
+                               "cos_inverse": frobenius_cosine(gamma, inverse),
                                "cos_identity": frobenius_cosine(gamma, np.eye(size.d)),
                                "step": float(np.sum(gamma * inverse) / np.sum(inverse * inverse)), "value": value,
                                "norm": float(np.linalg.norm(gamma))})  # fmt: skip
-    return pd.DataFrame(rows), pd.DataFrame(layer_rows)
+    return pd.DataFrame(rows).set_index("layers", drop=False), pd.DataFrame(layer_rows)
 
 
-def claims(size: Size, results: pd.DataFrame, depth: pd.DataFrame, layers: pd.DataFrame) -> list[Claim]:
-    """The papers' claims as iclab measures them, each with its tolerance."""
+def measure(context: Context, seed: int, runs: dict[str, Path]) -> Measured:
+    """Every run of one seed measured, the flows integrated."""
+    results, entries, curves = measure_one_layer(context.size, runs, seed, context.device)
+    depth, layers = measure_depth(context.size, runs, seed, context.device)
+    return Measured(results, entries, curves, depth, layers)
+
+
+def _value(read, text: str = "{:.3%}"):
+    """A measure from ``read(data) -> float`` shown by ``text``."""
+
+    def measure_it(data: Measured) -> Estimate:
+        value = float(read(data))
+        return Estimate(value, text=text.format(value))
+
+    return measure_it
+
+
+def _sequence(read, text: str = "{:.3g}"):
+    """A measure of a sequence ``read(data) -> values``: its last over its first value, the sequence shown."""
+
+    def measure_it(data: Measured) -> Estimate:
+        values = tuple(float(v) for v in read(data))
+        return Estimate(values[-1] / values[0], values=values, text=" → ".join(text.format(v) for v in values))
+
+    return measure_it
+
+
+def _interval(table: str, layers: int, column: str):
+    """A paired difference with its 95 % interval, from depth.csv's ``column`` (and _low, _high)."""
+
+    def measure_it(data: Measured) -> Estimate:
+        row = getattr(data, table).loc[layers]
+        value, low, high = (float(row[column + suffix]) for suffix in ("", "_low", "_high"))
+        return Estimate(value, low, high, text=f"{value:+.3g} [{low:+.3g}, {high:+.3g}]")
+
+    return measure_it
+
+
+def _shrinks(ratio: float) -> Criterion:
+    """Falls at every n of the grid and ends below ``ratio`` × its start."""
+    return Criterion(f"decreasing at every n, and the largest n's below {ratio:g} × the smallest's",
+                     lambda e: bool((np.diff(e.values) < 0).all()) and e.value < ratio)  # fmt: skip
+
+
+def claims(size: Size) -> list[Claim]:
+    """Every claim of the two papers this recipe tests, with its controls."""
     found = []
-    zfb = "ZFB main theorem: Γ → ((1 + 1/n) Λ + tr(Λ)/n · I)⁻¹"
-    for r in results.itertuples():
-        where = f"one layer, {LABELS[r.basis]}, n = {r.n}"
-        found.append(Claim(
-            f"{where}: the trained Γ is ZFB's Γ*", zfb, f"‖Γ − Γ*‖_F/‖Γ*‖_F = {r.gamma_distance:.2%}",
-            f"< {size.gamma_tolerance:.0%}", bool(r.gamma_distance < size.gamma_tolerance)))  # fmt: skip
-        found.append(Claim(
-            f"{where}: training reaches the global minimum", "ZFB: the trained LSA attains the minimum loss L*(n)",
-            f"exact loss {r.exact_loss:.5g} vs L* = {r.optimal_loss:.5g} ({r.gap_percent:+.3g} %)",
-            f"< {size.loss_tolerance:.0%} above L*", bool(r.gap_percent < 100 * size.loss_tolerance)))  # fmt: skip
-    worst = results["closed_form_difference"].max()
-    found.append(Claim(
-        "ZFB's closed form is the optimum Σ_w Λ M⁻¹ of the exact loss (every n, both bases)",
-        "((1 + 1/n) Λ + tr(Λ)/n · I)⁻¹ (ZFB; Ahn et al.'s one-layer theorem)",
-        f"largest ‖Γ*_ZFB − Σ_w Λ M⁻¹‖/‖Σ_w Λ M⁻¹‖ = {worst:.2g}", f"< {size.closed_form_tolerance:g}",
-        bool(worst < size.closed_form_tolerance)))  # fmt: skip
-    for basis, group in results.groupby("basis", sort=False):
-        group = group.sort_values("n")
-        theory, trained = group["optimum_to_inverse"].to_numpy(), group["trained_to_inverse"].to_numpy()
-        found.append(Claim(
-            f"{LABELS[basis]}: Γ* → Λ⁻¹ as n grows, and the trained Γ with it",
-            "Γ* → Λ⁻¹ (n → ∞): the preconditioner of whitened GD (ZFB; Ahn et al.)",
-            "‖Γ − Λ⁻¹‖/‖Λ⁻¹‖ over n = " + ", ".join(str(n) for n in group["n"]) + ": Γ* "
-            + " → ".join(f"{v:.3g}" for v in theory) + "; trained " + " → ".join(f"{v:.3g}" for v in trained),
-            "both decreasing in n", bool((np.diff(theory) < 0).all() and (np.diff(trained) < 0).all())))  # fmt: skip
-        gap = group["flow_final_gap"].max()
-        found.append(Claim(
-            f"{LABELS[basis]}: gradient flow from the balanced init reaches the global minimum (every n)",
-            "ZFB main theorem (gradient flow, balanced initialisation)",
-            f"largest L(θ(T)) − L* = {gap:.2g} at T = {size.flow_t_max:g}; "
-            f"Γ(T) within {group['flow_gamma_distance'].max():.2g} of Γ*",
-            f"< {size.flow_tolerance:g}", bool(gap < size.flow_tolerance)))  # fmt: skip
-    one = depth[depth.layers == 1].iloc[0]
-    exact = one.gamma_distance < size.gamma_tolerance and one.closed_form_difference < size.closed_form_tolerance
-    found.append(Claim(
-        f"w ~ N(0, Λ⁻¹), rotated Λ, n = {size.depth_n}: the trained one-layer Γ is n/(n + d + 1) · Λ⁻¹",
-        "one step of GD preconditioned by Λ⁻¹ (Ahn et al., one layer)",
-        f"‖Γ − Γ*‖_F/‖Γ*‖_F = {one.gamma_distance:.2%} (closed form vs Σ_w Λ M⁻¹: {one.closed_form_difference:.1g})",
-        f"< {size.gamma_tolerance:.0%}", bool(exact)))  # fmt: skip
-    for r in layers[layers.layers > 1].itertuples():
-        found.append(Claim(
-            f"{r.layers} layers, layer {r.layer}: its preconditioner is aligned with Λ⁻¹",
-            "A_ℓ = a_ℓ Λ⁻¹ at a critical point (Ahn et al., L layers)",
-            f"cos(Γ_ℓ, Λ⁻¹) = {r.cos_inverse:.4f}, cos(Γ_ℓ, I) = {r.cos_identity:.4f}, a_ℓ = {r.step:.3g}",
-            f"cos(Γ_ℓ, Λ⁻¹) ≥ {size.cosine_floor:g} and > cos(Γ_ℓ, I)",
-            bool(r.cos_inverse >= size.cosine_floor and r.cos_inverse > r.cos_identity)))  # fmt: skip
-    for r in depth[depth.layers > 1].itertuples():
-        found.append(Claim(
-            f"{r.layers} layers beat the one-layer optimum", "L layers run L preconditioned GD steps (Ahn et al.)",
-            f"{r.loss:.4g} [{r.loss_low:.4g}, {r.loss_high:.4g}] vs L* = {r.optimal_loss_1layer:.4g}; paired "
-            f"difference {r.minus_optimum:+.3g} [{r.minus_optimum_low:+.3g}, {r.minus_optimum_high:+.3g}]",
-            "95 % interval of the difference below 0", bool(r.minus_optimum_high < 0)))  # fmt: skip
-        if r.layers > 2:
+    diagonal = np.diag(size.x_cov_diag)
+    for basis in BASES:
+        for n in size.n_grid:
+            name = zfb_id(basis, n)
+            controls = zfb_controls(diagonal, n)
+            tolerance = gamma_tolerance(zfb_gamma(diagonal, n), controls)
+            excess = loss_tolerance(lambda g, n=n: lsa_loss(g, n, diagonal), lsa_optimum(n, diagonal).loss, controls)
+            where = f"one layer, {LABELS[basis]}, n = {n}"
+
+            def control(index: int, c: str, name: str = name, text: str = "{:.3%}"):
+                return _value(lambda m: m.results.loc[name, "controls"][c][index], text)
+
             found.append(Claim(
-                f"{r.layers} layers beat {r.layers - 1}", "more layers, more steps, lower loss (Ahn et al.)",
-                f"paired difference {r.minus_shallower:+.3g} [{r.minus_shallower_low:+.3g}, "
-                f"{r.minus_shallower_high:+.3g}]", "95 % interval of the difference below 0",
-                bool(r.minus_shallower_high < 0)))  # fmt: skip
+                f"{name}/gamma", f"{where}: the trained Γ is ZFB's Γ*",
+                "trained by gradient flow from the balanced init, Γ → ((1 + 1/n)Λ + tr(Λ)/n · I)⁻¹", ZFB,
+                REPRODUCTION, _value(lambda m, name=name: m.results.loc[name, "gamma_distance"]),
+                below(tolerance, f"‖Γ − Γ*‖/‖Γ*‖ < {tolerance:.3%} (half the distance to the nearest control)"),
+                {c: control(0, c) for c in controls},
+            ))  # fmt: skip
+            found.append(Claim(
+                f"{name}/loss", f"{where}: training reaches the global minimum L*(n)",
+                "the trained LSA attains the minimum of the population loss", ZFB, REPRODUCTION,
+                _value(lambda m, name=name: m.results.loc[name, "gap_percent"] / 100, "{:+.4%}"),
+                below(excess, f"exact loss above L* < {excess:.4%} of L* (half the nearest control's excess)"),
+                {c: control(1, c, text="{:+.4%}") for c in controls},
+            ))  # fmt: skip
+    found.append(Claim(
+        "theory/closed-form", "ZFB's closed form ((1 + 1/n)Λ + tr(Λ)/n · I)⁻¹ is the optimum Σ_w Λ M⁻¹ of the exact "
+        "loss (every n, both bases)", "Γ* = ((1 + 1/n)Λ + tr(Λ)/n · I)⁻¹ (ZFB; Ahn et al.'s one-layer theorem)", ZFB,
+        THEORY, _value(lambda m: m.results["closed_form_difference"].max(), "{:.1e}"),
+        below(size.closed_form_tolerance, f"largest relative difference < {size.closed_form_tolerance:g} (float64)"),
+        {"((1 + 1/n)Λ)⁻¹ (without the tr(Λ)/n term)":
+         _value(lambda m: m.results["closed_form_without_trace"].min(), "{:.1e}")},
+    ))  # fmt: skip
+    for basis in BASES:
+
+        def along_n(column: str, basis: str = basis):
+            return _sequence(lambda m: m.results[m.results.basis == basis].sort_values("n")[column])
+
+        found.append(Claim(
+            f"{basis}/optimum-to-inverse", f"{LABELS[basis]}: Γ* → Λ⁻¹ as n grows (theory)",
+            "Γ* → Λ⁻¹ as n → ∞: the preconditioner of Newton's method / whitened GD", ZFB, THEORY,
+            along_n("optimum_to_inverse"), _shrinks(0.25),
+            {"the best plain GD step ηI": along_n("plain_to_inverse")},
+        ))  # fmt: skip
+        found.append(Claim(
+            f"{basis}/trained-to-inverse", f"{LABELS[basis]}: the trained Γ tends to Λ⁻¹ as n grows",
+            "the trained preconditioner tends to Λ⁻¹ with n", ZFB, REPRODUCTION,
+            along_n("trained_to_inverse"), _shrinks(0.25),
+            {"the best plain GD step ηI": along_n("plain_to_inverse")},
+        ))  # fmt: skip
+
+        def flows(column: str, basis: str = basis):
+            return _value(lambda m: m.results[m.results.basis == basis][column].max(), "{:.2g}")
+
+        found.append(Claim(
+            f"{basis}/flow", f"{LABELS[basis]}: gradient flow from the balanced init reaches the global minimum "
+            "(every n)", "gradient flow on the population loss from the (balanced) initialisation converges to the "
+            "global minimum", ZFB, THEORY, flows("flow_final_gap"),
+            below(size.flow_tolerance, f"largest L(θ(T)) − L* < {size.flow_tolerance:g} at T = {size.flow_t_max:g}"),
+            {"the flow from the zero init (a stationary point)": flows("zero_flow_final_gap")},
+        ))  # fmt: skip
+    n = size.depth_n
+    controls = ahn_controls(diagonal, n)
+    tolerance = gamma_tolerance(ahn_gamma(diagonal, n), controls)
+    found.append(Claim(
+        "ahn/one-layer", f"w ~ N(0, Λ⁻¹), rotated Λ, n = {n}: the trained one-layer Γ is n/(n + d + 1) · Λ⁻¹",
+        "the optimal one-layer LSA is one step of GD preconditioned by Λ⁻¹", AHN_ONE, REPRODUCTION,
+        _value(lambda m: m.depth.loc[1, "gamma_distance"]),
+        below(tolerance, f"‖Γ − Γ*‖/‖Γ*‖ < {tolerance:.3%} (half the distance to the nearest control)"),
+        {c: _value(lambda m, c=c: m.depth.loc[1, "controls"][c][0]) for c in controls},
+    ))  # fmt: skip
+    floor = alignment_floor(size)
+    aligned = above(floor, f"cos(Γ_ℓ, Λ⁻¹) > {floor:.4f} (midway between 1 and plain GD's cos(I, Λ⁻¹))")
+    plain = frobenius_cosine(np.eye(size.d), np.linalg.inv(diagonal))
+    for layers in size.depths[1:]:
+        for layer in range(1, layers + 1):
+
+            def cosine(m: Measured, layers: int = layers, layer: int = layer) -> float:
+                rows = m.layers
+                return rows[(rows.layers == layers) & (rows.layer == layer)]["cos_inverse"].iloc[0]
+
+            found.append(Claim(
+                f"ahn/L{layers}-layer{layer}", f"{layers} layers, layer {layer}: its preconditioner is aligned with "
+                "Λ⁻¹", "at a critical point every layer's key-query block is A_ℓ = a_ℓ Λ⁻¹ (L steps of GD "
+                "preconditioned by Λ⁻¹)", AHN_DEEP, REPRODUCTION, _value(cosine, "{:.4f}"), aligned,
+                {"plain GD (Γ_ℓ ∝ I)": lambda _: Estimate(plain, text=f"{plain:.4f}")},
+            ))  # fmt: skip
+        found.append(Claim(
+            f"ahn/L{layers}-beats-one-layer", f"{layers} layers beat the one-layer optimum",
+            "L layers run L preconditioned GD steps: deeper is better", AHN_DEEP, REPRODUCTION,
+            _interval("depth", layers, "minus_optimum"),
+            interval_below(0, "paired loss difference to the one-layer optimum: 95 % interval below 0"),
+            {"the one-layer optimum itself": lambda _: Estimate(0.0, 0.0, 0.0, text="+0 [+0, +0]")},
+        ))  # fmt: skip
+        if layers > 2:
+            found.append(Claim(
+                f"ahn/L{layers}-beats-L{layers - 1}", f"{layers} layers beat {layers - 1}",
+                "more layers, more steps, lower loss", AHN_DEEP, REPRODUCTION,
+                _interval("depth", layers, "minus_shallower"),
+                interval_below(0, f"paired loss difference to the {layers - 1}-layer model: 95 % interval below 0"),
+                {f"the {layers - 1}-layer model itself": lambda _: Estimate(0.0, 0.0, 0.0, text="+0 [+0, +0]")},
+            ))  # fmt: skip
     return found
 
 
@@ -305,7 +472,8 @@ def theory_grid(size: Size) -> np.ndarray:
 
 def plot_loss_vs_n(size: Size, results: pd.DataFrame, path: Path, text: str) -> None:
     """loss_vs_n.png: left, L*(n) and the best plain GD step's loss (theory; both rotation-invariant) with the
-    exact loss of every trained one-layer model; right, its gap above L* in % against the tolerance."""
+    exact loss of every trained one-layer model (every seed); right, its gap above L* in % (a line per seed and
+    basis) against the tolerance at each n (half the nearest control's excess)."""
     x_cov = np.diag(size.x_cov_diag)
     grid = theory_grid(size)
     optimal = [lsa_optimum(n, x_cov).loss for n in grid]
@@ -319,17 +487,21 @@ def plot_loss_vs_n(size: Size, results: pd.DataFrame, path: Path, text: str) -> 
         left.scatter(group["n"], group["exact_loss"], marker=markers[basis], color=f"C{i}", zorder=3,
                      facecolors="none" if basis == "rotated" else None,
                      label=f"trained, {LABELS[basis]} (exact loss of its Γ)")  # fmt: skip
-        gaps = group["gap_percent"].to_numpy()
-        right.plot(group["n"], np.maximum(gaps, floor), marker=markers[basis], color=f"C{i}",
-                   label=clipped_label(f"trained, {LABELS[basis]}", gaps, floor))  # fmt: skip
+        for j, (_, seed) in enumerate(group.groupby("seed")):
+            gaps = seed["gap_percent"].to_numpy()
+            right.plot(seed["n"], np.maximum(gaps, floor), marker=markers[basis], color=f"C{i}", alpha=0.7,
+                       label=clipped_label(f"trained, {LABELS[basis]} (a line per seed)", results["gap_percent"],
+                                           floor) if j == 0 else None)  # fmt: skip
     readable_log_axis(left, [*optimal, *plain, *results["exact_loss"]])
     n_axis(left, size.n_grid)
     left.set_ylabel("query loss E(ŷ − y)²")
     left.set_title("one-layer LSA: L*(n) and the trained models")
     left.grid(alpha=0.3)
     left.legend(fontsize=7, loc="lower left")
-    right.axhline(100 * size.loss_tolerance, color="C3", linestyle="--", label=f"tolerance {size.loss_tolerance:.0%}")
-    readable_log_axis(right, np.maximum(results["gap_percent"], floor), marks=[100 * size.loss_tolerance])
+    tolerances = [100 * loss_tolerance(lambda g, n=n: lsa_loss(g, n, x_cov), lsa_optimum(n, x_cov).loss,
+                                       zfb_controls(x_cov, n)) for n in size.n_grid]  # fmt: skip
+    right.plot(size.n_grid, tolerances, color="C3", linestyle="--", label="tolerance: half the nearest control's gap")
+    readable_log_axis(right, [*np.maximum(results["gap_percent"], floor), *tolerances])
     n_axis(right, size.n_grid)
     right.set_ylabel("gap above L*, % of L*")
     right.set_title("trained exact loss − L*")
@@ -355,8 +527,10 @@ def plot_preconditioner(size: Size, results: pd.DataFrame, path: Path, text: str
         left.scatter(group["n"], group["trained_to_inverse"], marker=markers[basis], color=f"C{i}", zorder=3,
                      facecolors="none" if basis == "rotated" else None,
                      label=f"trained Γ, {LABELS[basis]}")  # fmt: skip
-        right.plot(group["n"], group["gamma_distance"], marker=markers[basis], color=f"C{i}",
-                   label=f"trained (Adam), {LABELS[basis]}")  # fmt: skip
+        for j, (_, seed) in enumerate(group.groupby("seed")):
+            right.plot(seed["n"], seed["gamma_distance"], marker=markers[basis], color=f"C{i}", alpha=0.7,
+                       label=f"trained (Adam), {LABELS[basis]} (a line per seed)" if j == 0 else None)  # fmt: skip
+        group = group[group.seed == group.seed.min()]
         flow = group["flow_gamma_distance"].to_numpy()
         flow_label = clipped_label(f"gradient flow at T = {size.flow_t_max:g}, {LABELS[basis]}", flow, floor)
         right.plot(group["n"], np.maximum(flow, floor), marker="x", linestyle=":", color=f"C{i}", label=flow_label)
@@ -366,9 +540,11 @@ def plot_preconditioner(size: Size, results: pd.DataFrame, path: Path, text: str
     left.set_title("the preconditioner tends to Λ⁻¹ as n grows")
     left.grid(alpha=0.3)
     left.legend(fontsize=7, loc="upper right")
-    right.axhline(size.gamma_tolerance, color="C3", linestyle="--", label=f"tolerance {size.gamma_tolerance:.0%}")
-    values = np.maximum(np.concatenate([results["gamma_distance"], results["flow_gamma_distance"]]), floor)
-    readable_log_axis(right, values, marks=[size.gamma_tolerance])
+    tolerances = [gamma_tolerance(zfb_gamma(x_cov, n), zfb_controls(x_cov, n)) for n in size.n_grid]
+    right.plot(size.n_grid, tolerances, color="C3", linestyle="--", label="tolerance: half the nearest control's "
+               "distance")  # fmt: skip
+    values = np.maximum(np.concatenate([results["gamma_distance"], results["flow_gamma_distance"], tolerances]), floor)
+    readable_log_axis(right, values)
     n_axis(right, size.n_grid)
     right.set_ylabel("‖Γ − Γ*‖_F / ‖Γ*‖_F")
     right.set_title("distance to ZFB's Γ*")
@@ -385,6 +561,8 @@ def plot_gammas(size: Size, entries: pd.DataFrame, results: pd.DataFrame, path: 
     ns = (min(size.n_grid), max(size.n_grid))
     what = {"trained": "trained Γ", "optimum": "ZFB's Γ*", "inverse_x_cov": "Λ⁻¹ (n → ∞)"}
     fig, axes = plt.subplots(len(ns), 3, figsize=(9.0, 3.0 * len(ns)), squeeze=False, layout="constrained")
+    entries = entries[entries.seed == entries.seed.min()]
+    results = results[results.seed == results.seed.min()]
     scale = float(entries[entries.run_id.isin([zfb_id("rotated", n) for n in ns])]["value"].abs().max())
     distances = results.set_index("run_id")["gamma_distance"]
     image = None
@@ -436,12 +614,19 @@ def plot_flows(size: Size, curves: dict, path: Path, text: str) -> None:
 
 
 def plot_depth(size: Size, depth: pd.DataFrame, layers: pd.DataFrame, path: Path, text: str) -> None:
-    """depth.png: left, each model's loss on fresh prompts (95 % interval) against its depth, the one-layer L*
-    dashed; right, every layer's cosine of Γ_ℓ with Λ⁻¹ and with I, the floor and cos(Λ⁻¹, I) as lines."""
+    """depth.png: left, each model's loss on fresh prompts (95 % interval; a point per seed, side by side) against
+    its depth, the one-layer L* dashed; right, every layer's cosine of Γ_ℓ with Λ⁻¹ and with I (the first seed),
+    the floor and cos(Λ⁻¹, I) as lines."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.4), gridspec_kw={"width_ratios": (1, 1.6)})
-    spread = [depth["loss"] - depth["loss_low"], depth["loss_high"] - depth["loss"]]
-    left.errorbar(depth["layers"], depth["loss"], yerr=spread, marker="o", capsize=3, color="C0",
-                  label="trained (fresh prompts, 95 % interval)")  # fmt: skip
+    seeds = sorted(depth["seed"].unique())
+    for j, seed in enumerate(seeds):
+        rows = depth[depth.seed == seed]
+        spread = [rows["loss"] - rows["loss_low"], rows["loss_high"] - rows["loss"]]
+        shift = 0.08 * (j - (len(seeds) - 1) / 2)
+        label = "trained (fresh prompts, 95 % interval; each seed)" if j == 0 else None
+        left.errorbar(rows["layers"] + shift, rows["loss"], yerr=spread, marker="o", capsize=3, color="C0",
+                      linestyle="none", label=label)  # fmt: skip
+    layers = layers[layers.seed == seeds[0]]
     optimal = float(depth["optimal_loss_1layer"].iloc[0])
     left.axhline(optimal, color="0.4", linestyle="--", label=f"one-layer optimum L* = {optimal:.3g}")
     readable_log_axis(left, [*depth["loss_low"], *depth["loss_high"], optimal])
@@ -457,7 +642,8 @@ def plot_depth(size: Size, depth: pd.DataFrame, layers: pd.DataFrame, path: Path
     inverse = np.linalg.inv(np.diag(size.x_cov_diag))
     reference = frobenius_cosine(inverse, np.eye(size.d))
     right.axhline(reference, color="C1", linestyle=":", label=f"cos(Λ⁻¹, I) = {reference:.3f}")
-    right.axhline(size.cosine_floor, color="C3", linestyle="--", label=f"floor {size.cosine_floor:g}")
+    floor = alignment_floor(size)
+    right.axhline(floor, color="C3", linestyle="--", label=f"floor {floor:.3f} (midway to cos(Λ⁻¹, I))")
     low = min(float(layers[["cos_inverse", "cos_identity"]].min().min()), reference)
     right.set_ylim(max(low - 0.05, -1.0), 1.01)
     names = [f"{r.layers} layer{'s' if r.layers > 1 else ''}\nlayer {r.layer}" for r in layers.itertuples()]
@@ -471,44 +657,47 @@ def plot_depth(size: Size, depth: pd.DataFrame, layers: pd.DataFrame, path: Path
     save_figure(fig, path)
 
 
-def analyse(out: Path, size_name: str, runs: dict[str, Path], device: str, progress: bool) -> dict:
-    """Measure every run, integrate the flows, check the claims; write results.csv, gammas.csv, depth.csv,
-    layers.csv, claims.csv, figures/ and report.md into ``out``."""
-    size = SIZES[size_name]
-    results, entries, curves = measure_one_layer(size, runs, device)
-    depth, layers = measure_depth(size, runs, device)
-    found = claims(size, results, depth, layers)
-    table = claims_frame(found)
-    for name, frame in (("results.csv", results), ("gammas.csv", entries), ("depth.csv", depth),
-                        ("layers.csv", layers), ("claims.csv", table)):  # fmt: skip
-        atomic_write_text(out / name, frame.to_csv(index=False))
+TABLES = {"results": "One layer, w ~ N(0, I): trained Γ against ZFB's Γ* (exact losses; every seed)",
+          "depth": "Depth study, w ~ N(0, Λ⁻¹): losses on fresh prompts, paired with the one-layer optimum",
+          "layers": "Depth study: every layer's preconditioner Γ_ℓ against Λ⁻¹ and I"}  # fmt: skip
+
+
+def write(context: Context, measurements: dict[int, Measured], results: list[ClaimResult]) -> dict:
+    """results.csv, gammas.csv, depth.csv and layers.csv (every seed) and the five figures; the report's tables."""
+    tables = {name: pd.concat([getattr(m, name) for m in measurements.values()], ignore_index=True)
+              for name in ("results", "entries", "depth", "layers")}  # fmt: skip
+    for name in ("results", "depth"):
+        tables[name] = tables[name].drop(columns="controls")
+    for name, file in (("results", "results.csv"), ("entries", "gammas.csv"), ("depth", "depth.csv"),
+                       ("layers", "layers.csv")):  # fmt: skip
+        atomic_write_text(context.out / file, tables[name].to_csv(index=False))
+    size, text, figures = context.size, context.caption, context.out / "figures"
+    plot_loss_vs_n(size, tables["results"], figures / "loss_vs_n.png", text)
+    plot_preconditioner(size, tables["results"], figures / "preconditioner_vs_n.png", text)
+    plot_gammas(size, tables["entries"], tables["results"], figures / "gamma_heatmaps.png", text)
+    plot_flows(size, measurements[context.seeds[0]].curves, figures / "flow.png", text)
+    plot_depth(size, tables["depth"], tables["layers"], figures / "depth.png", text)
+    return {heading: tables[name] for name, heading in TABLES.items()}
+
+
+def setting(size: Size) -> str:
     spectrum = ", ".join(f"{v:g}" for v in size.x_cov_diag)
-    setting = (
+    return (
         f"x ~ N(0, Λ), eigenvalues of Λ ({spectrum}), diagonal or one fixed rotation; y = wᵀx, w ~ N(0, I) "
         "(one layer) or N(0, Λ⁻¹) (depth study, rotated Λ); sparse LSA, balanced init, Adam, clipping 1.0"
     )
-    text = recipe_caption("zfb", size_name, out, size, setting)
-    figures = out / "figures"
-    plot_loss_vs_n(size, results, figures / "loss_vs_n.png", text)
-    plot_preconditioner(size, results, figures / "preconditioner_vs_n.png", text)
-    plot_gammas(size, entries, results, figures / "gamma_heatmaps.png", text)
-    plot_flows(size, curves, figures / "flow.png", text)
-    plot_depth(size, depth, layers, figures / "depth.png", text)
-    tables = {"One layer, w ~ N(0, I): trained Γ against ZFB's Γ* (exact losses)": results,
-              "Depth study, w ~ N(0, Λ⁻¹): losses on fresh prompts, paired with the one-layer optimum": depth,
-              "Depth study: every layer's preconditioner Γ_ℓ against Λ⁻¹ and I": layers}  # fmt: skip
-    report = claims_report("Zhang, Frei, Bartlett; Ahn et al.: trained LSAs run preconditioned GD", size_name, size,
-                           setting, found, tables)  # fmt: skip
-    atomic_write_text(out / "report.md", report)
-    return {"results": results, "depth": depth, "layers": layers, "claims": table, "checks": claim_checks(found)}
 
 
-RECIPE = Recipe(
+RECIPE = register_recipe(Recipe(
     name="zfb",
     paper="Zhang, Frei, Bartlett, JMLR 2024; Ahn, Cheng, Daneshmand, Sra, NeurIPS 2023",
     claim="on anisotropic x a trained one-layer LSA converges to ZFB's preconditioner ((1 + 1/n)Λ + tr(Λ)/n·I)⁻¹ "
     "(→ Λ⁻¹ as n grows); deeper LSAs run steps preconditioned by Λ⁻¹ and beat it",
+    title="Zhang, Frei, Bartlett; Ahn et al.: trained LSAs run preconditioned GD",
+    sizes=SIZES,
     plan=plan,
-    analyse=analyse,
-    sizes=tuple(SIZES),
-)
+    measure=measure,
+    claims=claims,
+    write=write,
+    setting=setting,
+))  # fmt: skip
