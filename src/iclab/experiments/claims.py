@@ -249,14 +249,23 @@ def evaluate(claims: Sequence[Claim], measurements: Mapping[int, Any]) -> list[C
             continue
         verdicts = []
         for seed, data in measurements.items():
-            estimate = claim.measure(data)
+            estimate = _measured(claim.measure, data)
             controls = {}
             for name, measure in claim.controls.items():
-                control = measure(data)
+                control = _measured(measure, data)
                 controls[name] = (control, not claim.test(control))
             verdicts.append(Verdict(seed, estimate, claim.test(estimate), controls))
         results.append(ClaimResult(claim, tuple(verdicts)))
     return results
+
+
+def _measured(measure: Measure, data: Any) -> Estimate:
+    """``measure(data)``, or a NaN estimate (which no test passes) where a run the claim reads is missing from a
+    recipe that lets runs diverge."""
+    try:
+        return measure(data)
+    except (KeyError, IndexError):
+        return Estimate(math.nan, text="not measured: a run it needs is missing (diverged)")
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,13 @@ class Reproduction:
 
     @property
     def passed_untrained(self) -> list[ClaimResult]:
-        """Reproduction claims that pass (untrained control: each one is a defect of its claim)."""
-        return [r for r in self.results if r.claim.kind == REPRODUCTION and r.held > 0]
+        """Reproduction claims reproduced (untrained control: each one is a defect of its claim)."""
+        return [r for r in self.results if r.claim.kind == REPRODUCTION and r.status == REPRODUCED]
+
+    @property
+    def held_somewhere(self) -> list[ClaimResult]:
+        """Reproduction claims whose test said yes at some seed but not at all (untrained control: shown)."""
+        return [r for r in self.results if r.claim.kind == REPRODUCTION and 0 < r.held < r.seeds]
 
 
 def seeds_of(seeds: int, seed_offset: int = 0) -> tuple[int, ...]:
@@ -158,9 +163,11 @@ def report_text(context: Context, outcome: Reproduction, tables: dict) -> str:
     lines += [f"**{outcome.counts.text()}.**", ""]
     if outcome.untrained:
         passed = "; ".join(r.claim.key for r in outcome.passed_untrained)
-        found = f"**These passed at some seed: {passed}.**" if passed else "None passed at any seed."
+        found = f"**These are reproduced on them: {passed}.**" if passed else "None is reproduced on them."
+        partly = "; ".join(f"{r.claim.key} ({r.held} of {r.seeds})" for r in outcome.held_somewhere)
+        found += f" Held at some seeds only: {partly}." if partly else " None held at any seed."
         lines += ["Every run was trained for 0 steps: the models are at their initialisation, and no reproduction "
-                  f"claim may pass on them. {found}", ""]  # fmt: skip
+                  f"claim may be reproduced on them. {found}", ""]  # fmt: skip
     lines += ["Settings:", ""]
     if is_dataclass(context.size):
         lines += [f"- {key}: {value}" for key, value in asdict(context.size).items()]
