@@ -105,10 +105,10 @@ def test_kernel_learner_specs():
 
 def test_verb_help_lists_the_registries(capsys):
     from iclab.config import key_rows
-    from iclab.experiments import RECIPES
+    from iclab.experiments.recipe import BUILTIN
     from iclab.learners.specs import SPEC_NAMES
 
-    for verb, names in (("eval", SPEC_NAMES), ("reproduce", RECIPES), ("train", [row.key for row in key_rows()])):
+    for verb, names in (("eval", SPEC_NAMES), ("reproduce", BUILTIN), ("train", [row.key for row in key_rows()])):
         with pytest.raises(SystemExit):
             main([verb, "--help"])
         shown = capsys.readouterr().out
@@ -136,14 +136,17 @@ def test_version_prints_the_installed_version_without_torch():
     assert printed[:3] == [f"iclab {version('iclab')}", "exit 0", "False"]
 
 
-def test_reproduce_list_prints_one_line_per_recipe(capsys):
-    from iclab.experiments import RECIPES
+def test_reproduce_list_prints_each_recipe_and_its_recorded_counts(capsys):
+    from iclab.experiments import all_recipes
+    from iclab.experiments.records import recorded_counts
 
     assert main(["reproduce", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(RECIPES)
-    for line, recipe in zip(lines, RECIPES.values(), strict=True):
+    recipes = all_recipes()
+    assert len(lines) == 2 * len(recipes)
+    for (line, counts), recipe in zip(zip(lines[::2], lines[1::2], strict=True), recipes, strict=True):
         assert line.split()[0] == recipe.name and line.endswith(f"{recipe.paper} — {recipe.claim}")
+        assert counts.strip() == recorded_counts(recipe.name)
     assert main(["reproduce"]) == 2
     assert "or --list" in capsys.readouterr().err
 

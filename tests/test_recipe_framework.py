@@ -158,12 +158,3 @@ def test_every_builtin_recipe_is_found_by_name_and_declares_three_seed_claims():
             assert found and len({c.key for c in found}) == len(found)
             assert all(c.controls or c.untested for c in found), recipe.name  # every claim has a control
             assert all(c.place and c.paper for c in found), recipe.name
-
-
-def test_list_prints_the_recorded_counts(capsys):
-    assert main(["reproduce", "--list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    from iclab.experiments.recipe import BUILTIN
-
-    assert [line.split()[0] for line in lines[::2]] == list(BUILTIN)
-    assert all(line.strip().startswith(("recorded (", "no recorded run")) for line in lines[1::2])

@@ -1,6 +1,7 @@
-"""The nath reproduction (Nath et al. 2024, piecewise-constant softmax attention) at its quick size: it runs, its
-claims hold, and its numbers agree with references computed here with numpy alone (the softmax prediction from the
-saved weights, the GP posterior mean, the plateau rule)."""
+"""The nath reproduction (Nath et al. 2024, piecewise-constant softmax attention) at its quick size: every claim's
+verdict at three seeds with its controls, its numbers against references computed here with numpy alone (the
+softmax prediction from the saved weights, the GP posterior mean, the plateau rule), and an untrained model in place
+of the trained softmax turning exactly the reproductions to "not reproduced"."""
 
 from __future__ import annotations
 
@@ -15,19 +16,21 @@ from safetensors.torch import load_file
 
 from iclab.cli import main
 from iclab.config import parse_config
-from iclab.experiments import nath
+from iclab.experiments import nath, reproduce
+from iclab.models import build_model
 from iclab.probe.piecewise import Sweep, summarise
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
 
 QUICK = nath.QUICK
+MAIN = f"softmax_steps{QUICK.steps}"  # the run dir of the main softmax model
 
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick reproduction, run once through the CLI for the module."""
     out = tmp_path_factory.mktemp("nath") / "n"
-    assert main(["reproduce", "nath", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert main(["reproduce", "nath", "--quick", "--out", str(out), "--quiet", "--jobs", "2"]) == 0
     return out
 
 
@@ -54,35 +57,52 @@ def circle(xq: np.ndarray, t: np.ndarray, sign: float) -> np.ndarray:
     return np.cos(t)[:, None] * start + np.sin(t)[:, None] * perpendicular
 
 
-def test_quick_claims_hold_and_files_are_written(out: Path):
-    claims = pd.read_csv(out / "claims.csv")
-    assert list(claims.columns) == ["claim", "paper", "iclab", "tolerance", "holds"]
-    assert len(claims) == 6 and claims["holds"].astype(bool).all()
+def test_every_claim_has_its_verdict_at_three_seeds_and_the_files_are_written(out: Path):
+    claims = pd.read_csv(out / "claims.csv").set_index("key")
+    assert claims["status"].to_dict() == {
+        key: "reproduced"
+        for key in (
+            "softmax/plateaus",
+            "softmax/training",
+            "softmax/bayes-gap",
+            "theory/hardmax-limit",
+            "theory/smooth-share",
+        )
+    }
+    assert (claims["seeds_held"] == 3).all()
+    by_seed = pd.read_csv(out / "claims_by_seed.csv")
+    controls = by_seed[by_seed["subject"] != "model"]
+    assert not controls["passes"].any()
+    assert {"exp attention trained alike (400 steps)", "exp attention trained for the same steps",
+            "the Bayes predictor (GP posterior mean)", "the zero predictor"} <= set(controls["subject"])  # fmt: skip
+    report = (out / "report.md").read_text()
+    assert "**3 of 3 paper claims reproduced, 0 not reproduced; 2 of 2 theory checks hold.**" in report
     for name in ("sweeps.png", "sharpness.png"):
         assert (out / "figures" / name).stat().st_size > 20_000
-    report = (out / "report.md").read_text()
-    assert "## Claims" in report and "NO" not in report and "## Commands" in report
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == len(QUICK.softmax_steps) - 1 + len(QUICK.betas) + len(QUICK.controls)
+    per_seed = len(nath.trained(QUICK)) - 1 + len(QUICK.betas)
+    assert len(results) == 3 * per_seed and sorted(set(results["seed"])) == [0, 1, 2]
 
 
 def test_results_are_the_means_of_the_sweeps(out: Path):
     results = pd.read_csv(out / "results.csv")
     sweeps = pd.read_csv(out / "sweeps.csv")
-    means = sweeps.groupby(["model", "steps", "beta"])[["flat_fraction_model", "flat_fraction_reference"]].mean()
+    means = sweeps.groupby(["seed", "model", "steps", "beta"])[["flat_fraction_model",
+                                                                "flat_fraction_reference"]].mean()  # fmt: skip
     for r in results.itertuples():
-        assert math.isclose(r.plateau_share, means.loc[(r.model, r.steps, r.beta), "flat_fraction_model"])
-        assert math.isclose(r.bayes_share, means.loc[(r.model, r.steps, r.beta), "flat_fraction_reference"])
+        key = (r.seed, r.model, r.steps, r.beta)
+        assert math.isclose(r.plateau_share, means.loc[key, "flat_fraction_model"])
+        assert math.isclose(r.bayes_share, means.loc[key, "flat_fraction_reference"])
         assert r.plateau_share_low <= r.plateau_share <= r.plateau_share_high and r.sweeps == QUICK.sweeps
-    # the same great circles for every model: one reference share for all
-    assert results["bayes_share"].nunique() == 1
+    # the same great circles for every model of a seed: one reference share per seed
+    assert (results.groupby("seed")["bayes_share"].nunique() == 1).all()
 
 
 def test_curves_match_numpy_softmax_posterior_and_plateau_rule(out: Path):
     """Sweep 0 of the trained softmax, recomputed from its saved weights: ŷ = −v Σ softmax_i(x_iᵀ A x) y_i, the GP
     posterior mean k(x)ᵀ K⁻¹ y with K = exp(XXᵀ/s), and its plateau share by a numpy run-length count."""
     xs, ys, xq = first_prompt()
-    weights = load_file(out / "runs" / f"softmax_steps{QUICK.steps}_s0" / "model.safetensors")
+    weights = load_file(out / "runs" / "seed0" / MAIN / "model.safetensors")
     a, v = weights["blocks.0.attn.kq_block"][0].double().numpy(), float(weights["blocks.0.attn.value"][0])
     curves = pd.read_csv(out / "curves.csv")
     sweeps = pd.read_csv(out / "sweeps.csv")
@@ -112,7 +132,7 @@ def test_sharpest_softmax_is_the_nearest_neighbour_staircase(out: Path):
     """At the largest β the prediction is −v × the nearest context point's label at almost every position
     (hardmax), the trained softmax (β = 1) at far fewer; that staircase is flat almost everywhere."""
     xs, ys, xq = first_prompt()
-    v = float(load_file(out / "runs" / f"softmax_steps{QUICK.steps}_s0" / "model.safetensors")["blocks.0.attn.value"])
+    v = float(load_file(out / "runs" / "seed0" / MAIN / "model.safetensors")["blocks.0.attn.value"])
     curves = pd.read_csv(out / "curves.csv")
     agreement = {}
     for beta in (1.0, float(max(QUICK.betas))):
@@ -137,12 +157,33 @@ def test_plateau_rule_on_a_sinusoid_and_a_staircase():
     assert abs(sine["flat_fraction_model"] - expected) < 2 / 399 and sine["plateaus_model"] == 2
     assert sine["flat_fraction_reference"] > 0.9
     assert math.isclose(numpy_plateau_share(np.sin(t + 0.3)), sine["flat_fraction_model"])
+    assert QUICK.smooth_share == pytest.approx(expected, rel=1e-12)  # δ of the recipe's tests
 
 
-def test_plan_covers_every_model_and_seed():
-    for size_name, size in nath.SIZES.items():
-        planned = nath.plan(size_name)
-        assert len(planned) == size.seeds * (len(size.softmax_steps) + len(size.controls))
+def test_an_untrained_softmax_in_place_of_the_trained_one_fails_every_reproduction(out: Path, monkeypatch, tmp_path):
+    """The main softmax (the longest-trained) replaced by its own initial weights: smooth (no excess plateaus), no
+    gain from training, not learned; the theory checks hold for any weights."""
+    real = nath.load_model
+
+    def untrained(run_dir, device="cpu"):
+        model, cfg, step = real(run_dir, device)
+        if Path(run_dir).name == MAIN:
+            model = build_model(cfg.model, make_task(cfg.task, cfg.seed), make_generator(cfg.seed, "init"))
+        return model, cfg, step
+
+    monkeypatch.setattr(nath, "load_model", untrained)
+    injected = tmp_path / "injected"
+    injected.mkdir()
+    (injected / "runs").symlink_to(out / "runs")
+    outcome = reproduce("nath", injected, size="quick", progress=False)
+    assert {r.claim.key for r in outcome.failed} == {"softmax/plateaus", "softmax/training", "softmax/bayes-gap"}
+
+
+def test_plan_covers_every_model_once_without_a_seed():
+    for size in nath.SIZES.values():
+        planned = nath.plan(size)
+        assert len(planned) == len(size.softmax_steps) * (1 + len(size.controls))
         assert len({spec.run_id for spec in planned}) == len(planned)
         for spec in planned:
             assert "model.param=sparse" in spec.overrides and "task.kernel=exp" in spec.overrides
+            assert not any(o.startswith("seed=") for o in spec.overrides)
