@@ -20,6 +20,12 @@ from iclab.learners import (
     Ridge,
     Zero,
 )
+from iclab.learners.algorithms import (
+    gradient_descent_at,
+    gradient_descent_path,
+    gradient_descent_spectrum,
+    sufficient_statistics,
+)
 from iclab.tasks import make_task
 from iclab.theory import isotropic_gd_optimum, isotropic_reference
 
@@ -198,6 +204,58 @@ def test_newton_schulz_converges_to_least_squares_where_gd_crawls():
     assert (gd - ols).abs().max() > 1e-2
     with pytest.raises(ValueError, match="NewtonSchulz.steps"):
         NewtonSchulz(-1)
+
+
+# ----------------------------------------------------------------- GD's iterates in closed form (issue 22: 4)
+
+
+def gd_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Prompts (xs (B, n, d), ys (B, n)) whose prefixes are well-conditioned, rank-deficient (prefixes of fewer
+    than d points; two equal columns), or ill-conditioned (κ(XᵀX) ≈ 1e8 from one column scaled by 1e-4)."""
+    generator = torch.Generator().manual_seed(11)
+    xs = torch.randn(5, 9, 4, generator=generator, dtype=F64)
+    ys = torch.randn(5, 9, generator=generator, dtype=F64)
+    equal = xs.clone()
+    equal[..., 3] = equal[..., 2]
+    scaled = xs * torch.tensor([1.0, 1.0, 1.0, 1e-4], dtype=F64)
+    return {"random": (xs, ys), "equal columns": (equal, ys), "ill-conditioned": (scaled, ys)}
+
+
+@pytest.mark.parametrize("case", ["random", "equal columns", "ill-conditioned"])
+@pytest.mark.parametrize("lr", [0.05, 0.25])
+def test_closed_form_gd_equals_the_iterations_on_every_prefix(case, lr):
+    """w_t = V diag((1 − (1 − lr·λ)^t)/λ) Vᵀ Xᵀy/k against t GD steps (torch's iterations and numpy's loop), at
+    1e-10 of the iterates' size, on every prefix (k < d included: S rank-deficient) and counts out of order."""
+    xs, ys = gd_cases()[case]
+    gram, moment, count = sufficient_statistics(xs, ys, prefixes=True)
+    lam_max = float(torch.linalg.eigvalsh(gram / count[..., None, None]).max())
+    rate = lr / lam_max  # stable on every prompt and prefix
+    counts = [300, 0, 1, 2, 17, 299]
+    closed = gradient_descent_at(gradient_descent_spectrum(gram, moment, count), counts, rate)
+    iterated = gradient_descent_path(gram, moment, count, 300, rate)[counts]
+    scale = float(iterated.abs().max())
+    torch.testing.assert_close(closed, iterated, rtol=0, atol=1e-10 * scale)
+    for b, k in ((0, 2), (3, 9)):
+        expected = numpy_gd(xs[b, :k].numpy(), ys[b, :k].numpy(), 17, rate)
+        np.testing.assert_allclose(closed[4, b, k - 1].numpy(), expected, rtol=0, atol=1e-10 * scale)
+
+
+def test_closed_form_gd_tends_to_minimum_norm_least_squares_where_iterating_would_take_millions_of_steps():
+    """From w = 0 GD stays in X's row space, so its limit is X⁺y even where XᵀX is singular: 10¹² steps in closed
+    form against numpy's lstsq (1e-10), on prefixes of fewer points than dimensions and with equal columns; and
+    a step with lr·λ_max > 2 diverges (every count above the last grows)."""
+    for xs, ys in list(gd_cases().values())[:2]:
+        gram, moment, count = sufficient_statistics(xs, ys, prefixes=True)
+        lam_max = float(torch.linalg.eigvalsh(gram / count[..., None, None]).max())
+        w = gradient_descent_at(gradient_descent_spectrum(gram, moment, count), [10**12], 1 / lam_max)[0]
+        for b in range(xs.shape[0]):
+            for k in (2, 4, 9):
+                expected = np.linalg.lstsq(xs[b, :k].numpy(), ys[b, :k].numpy(), rcond=None)[0]
+                np.testing.assert_allclose(w[b, k - 1].numpy(), expected, rtol=0, atol=1e-10)
+    xs, ys = gd_cases()["random"]
+    spectrum = gradient_descent_spectrum(*sufficient_statistics(xs, ys))
+    norms = gradient_descent_at(spectrum, [10, 20, 40], 3 / float(spectrum[0].max())).norm(dim=-1)  # (3, B)
+    assert (norms[1:] > 10 * norms[:-1]).any(-1).all()
 
 
 # ----------------------------------------------------------------- least squares and ridge from X (issue 15: 1, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from iclab.models.lsa import LSA, LSAShape
 from iclab.probe import ProbeSettings, fit_linear_probes, probe_model
 from iclab.probe.candidates import candidate_families
 from iclab.probe.piecewise import plateau_stats, summarise, sweep_queries
+from iclab.probe.run import plot_iterations
 from iclab.probe.weights import compare_with_gd_construction
 from iclab.seeding import make_generator
 from iclab.tasks import make_task
@@ -36,15 +38,18 @@ def prompts(variant: str = "isotropic", *extra: str, batch: int = 40):
 
 @pytest.mark.parametrize("variant", ["isotropic", "gp_relu_sphere"])
 def test_every_candidate_path_equals_its_learner(variant):
-    """path(value, K)[k] (all prefixes, one run of the iteration) = learner(k, value).predict_prefixes."""
+    """path(value, counts)[i] (all prefixes, one run of the iteration; GD's in closed form) =
+    learner(counts[i], value).predict_prefixes, for the counts 0..4 and for counts out of order with gaps."""
     task, p = prompts(variant)
     kernels = (Kernel("relu"), Kernel("exp", 2.0))
     for family in candidate_families(p, kernels, preconditioner=torch.diag(torch.tensor([2.0, 1, 0.5, 1]))):
         value = family.grid[len(family.grid) // 2] if family.grid else None
-        path = family.path(value, 4)
-        for k in range(path.shape[0]):
-            expected = family.learner(k if family.iterative else None, value).predict_prefixes(p.xs, p.ys, p.xq)
-            torch.testing.assert_close(path[k], expected, rtol=1e-10, atol=1e-10)
+        for counts in ((0, 1, 2, 3, 4), (7, 0, 3)):
+            path = family.path(value, counts)
+            assert path.shape[0] == (len(counts) if family.iterative else 1)
+            for k, predictions in zip(counts, path, strict=False):
+                expected = family.learner(k if family.iterative else None, value).predict_prefixes(p.xs, p.ys, p.xq)
+                torch.testing.assert_close(predictions, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize(("layers", "lr"), [(3, 0.37), (2, 0.9)])
@@ -57,6 +62,25 @@ def test_probe_names_gd_with_the_right_steps_and_rate_on_the_construction(layers
     fitted = result.candidates[result.candidates["family"] == "gd"]["value"].to_numpy()
     np.testing.assert_allclose(fitted, lr, rtol=1e-5)
     assert all(min(w.kq_cosine, w.pv_cosine, w.pv_label_cosine) > 1 - 1e-12 for w in result.weights)
+
+
+def test_gd_tried_on_a_log_grid_of_steps_still_names_each_layer_of_the_construction(tmp_path):
+    """GD at 0, 1, 2, 3, 8, 64 and 4096 steps (closed form): each layer of the 3-layer construction is GD-k at its
+    rate; the grid holds exactly those counts for GD and 0..6 for Newton–Schulz; the heatmap is drawn; every
+    prompt's cosine of errors is kept, their mean the SimE."""
+    task = make_task(task_config("isotropic", "task.d=4", "task.n=12"), seed=0)
+    steps = (0, 1, 2, 3, 8, 64, 4096)
+    result = probe_model(gd_model(4, 3, 0.37), task, replace(QUICK, gd_steps=steps), progress=False)
+    assert result.layers["gd_k"].tolist() == [1, 2, 3]
+    assert result.layers["best"].tolist() == [f"gd(k={k}, lr=0.37)" for k in (1, 2, 3)]
+    grid = result.grid
+    assert sorted(set(grid.loc[grid.family == "gd", "iterations"])) == list(steps)
+    assert sorted(set(grid.loc[grid.family == "newton", "iterations"])) == list(range(7))
+    plot_iterations(result, tmp_path / "iterations.png")
+    assert (tmp_path / "iterations.png").stat().st_size > 10_000
+    for row in result.candidates.itertuples():  # SimE is the mean of the per-prompt cosines kept for paired tests
+        cosines = result.cosines[(row.layer, row.family)]
+        assert cosines.shape == (150,) and cosines.mean() == pytest.approx(row.sime, abs=1e-12)
 
 
 def test_similarity_of_errors_alone_also_finds_gd():
@@ -189,10 +213,10 @@ def test_ridge_and_least_squares_candidates_are_the_learners_solved_from_x():
     ys, xq = torch.randn(6, 8, generator=generator, dtype=torch.float64), torch.randn(6, 2, 5, dtype=torch.float64)
     prompts = Prompts(xs=xs, ys=ys, xq=xq, yq=torch.zeros(6, 2, dtype=torch.float64))
     families = {family.name: family for family in candidate_families(prompts)}
-    ols = families["ols"].path(None, 0)[0]
+    ols = families["ols"].path(None, (0,))[0]
     torch.testing.assert_close(ols, LeastSquares().predict_prefixes(xs, ys, xq), rtol=1e-10, atol=1e-10)
     alpha = families["ridge"].grid[0]
-    ridge = families["ridge"].path(alpha, 0)[0]
+    ridge = families["ridge"].path(alpha, (0,))[0]
     torch.testing.assert_close(ridge, Ridge(alpha).predict_prefixes(xs, ys, xq), rtol=1e-10, atol=1e-10)
     assert torch.isfinite(ridge).all()
 

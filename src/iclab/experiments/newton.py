@@ -63,10 +63,16 @@ QUICK = Size(layers=(1, 2), d=4, n=12, steps=2000, batch_size=256, lr=3e-3, warm
 SIZES = {"quick": QUICK, "full": FULL}
 
 
+def ill_conditioned_task(d: int, n: int) -> list[str]:
+    """Fu et al.'s ill-conditioned data (κ = 100): Σ with ⌈d/2⌉ eigenvalues 1 and ⌊d/2⌋ eigenvalues 0.01, rotated
+    per prompt; noiseless y = wᵀx."""
+    small = d // 2
+    spectrum = ",".join(["1"] * (d - small) + ["0.01"] * small)
+    return [f"task.d={d}", f"task.n={n}", f"task.x_cov_diag={spectrum}", "task.rotation=per_prompt"]
+
+
 def task_overrides(size: Size) -> list[str]:
-    small = size.d // 2
-    spectrum = ",".join(["1"] * (size.d - small) + ["0.01"] * small)
-    return [f"task.d={size.d}", f"task.n={size.n}", f"task.x_cov_diag={spectrum}", "task.rotation=per_prompt"]
+    return ill_conditioned_task(size.d, size.n)
 
 
 def plan(size: Size) -> list[RunSpec]:

@@ -11,7 +11,7 @@ condition number; :func:`k_nearest` works on the points.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -232,6 +232,48 @@ def _gradient_descent_iterates(
             step = step @ preconditioner.T
         w = w + scale * step
         yield w
+
+
+def gradient_descent_spectrum(gram: Tensor, moment: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What GD's iterates in closed form (:func:`gradient_descent_at`) need, in float64: the eigenvalues λ
+    (..., d) and eigenvectors V (..., d, d) of S = XᵀX/k, and c = Vᵀb (..., d), b = Xᵀy/k, for gram (..., d, d),
+    moment (..., d), count (...). Eigenvalues at most d·eps·λ_max (eigh's rounding: S is singular there, e.g. a
+    prefix of fewer than d points) are set to exactly 0 and so is c on them: b lies in S's range, and GD from
+    w = 0 never moves off it, where an eps-sized c times t·lr would grow with the count t."""
+    scale = count.double().unsqueeze(-1)
+    eigenvalues, vectors = torch.linalg.eigh(gram.double() / scale.unsqueeze(-1))
+    projected = (vectors.mT @ (moment.double() / scale).unsqueeze(-1)).squeeze(-1)
+    cutoff = eigenvalues.shape[-1] * _EPS * eigenvalues.abs().amax(-1, keepdim=True)
+    singular = eigenvalues <= cutoff
+    zero = torch.zeros_like(eigenvalues)
+    return torch.where(singular, zero, eigenvalues), vectors, torch.where(singular, zero, projected)
+
+
+def gradient_descent_at(spectrum: tuple[Tensor, Tensor, Tensor], steps: Sequence[int], lr: float) -> Tensor:
+    """GD's iterates from w₀ = 0 with step ``lr`` (:func:`gradient_descent`, no preconditioner) after each count
+    of ``steps``, in closed form: (len(steps), ..., d) float64 from the :func:`gradient_descent_spectrum`
+    (λ, V, c) of the data: w_t = V (φ_t(λ) ⊙ c) (see :func:`gradient_descent_coefficients`)."""
+    eigenvalues, vectors, projected = spectrum
+    return (vectors @ gradient_descent_coefficients(eigenvalues, projected, steps, lr).unsqueeze(-1)).squeeze(-1)
+
+
+def gradient_descent_coefficients(eigenvalues: Tensor, projected: Tensor, steps: Sequence[int], lr: float) -> Tensor:
+    """GD's iterates in the eigenbasis of S = XᵀX/k: Vᵀw_t = φ_t(λ) ⊙ c for each count t of ``steps``,
+    (len(steps), ..., d) float64, from λ (..., d) and c = Vᵀb (..., d), b = Xᵀy/k.
+
+    w_t = Σ_{j<t} (I − lr·S)^j lr·b = V diag(φ_t(λ)) Vᵀb with φ_t(λ) = (1 − (1 − lr·λ)^t)/λ, whose limit at
+    λ = 0 is t·lr (taken there exactly: on a direction without data b has no component, so a rank-deficient S
+    adds nothing). Where 1 − lr·λ > 0, 1 − (1 − lr·λ)^t is −expm1(t·log1p(−lr·λ)), accurate for the tiny λ
+    of an ill-conditioned S; elsewhere (lr·λ ≥ 1) the power is taken as it is, and grows without bound where
+    lr·λ > 2, like the iterates. A count of thousands costs what one costs: d numbers per prompt and prefix."""
+    t = torch.tensor(list(steps), dtype=torch.float64, device=eigenvalues.device).view(-1, *[1] * eigenvalues.ndim)
+    rate = lr * eigenvalues
+    shrinking = rate < 1
+    decayed = -torch.expm1(t * torch.log1p(-torch.where(shrinking, rate, torch.zeros_like(rate))))  # 1 − r^t
+    decayed = torch.where(shrinking, decayed, 1 - torch.pow(1 - rate, t))
+    zero = eigenvalues == 0
+    phi = torch.where(zero, t * lr, decayed / torch.where(zero, torch.ones_like(eigenvalues), eigenvalues))
+    return phi * projected
 
 
 def newton_schulz(gram: Tensor, moment: Tensor, steps: int) -> Tensor:

@@ -3,15 +3,17 @@
 Prompts with a descriptor (mean-shifted tasks) add the descriptor-aware families of
 :func:`descriptor_families`: centred GD (its step fitted) and the exact finite-n optimum of a one-layer LSA.
 
-A family's ``path(value, K)`` gives its prediction after every prefix 1..n of the context on the probe's
-prompts, for every iteration count 0..K at once (one run of the iteration), as (K + 1, B, n, m) float64;
-a family without iterations returns (1, B, n, m). ``learner(k, value)`` is the same algorithm as an ordinary
+A family's ``path(value, counts)`` gives its prediction after every prefix 1..n of the context on the probe's
+prompts, at every iteration count of ``counts`` at once (one run of the iteration, to the largest; GD's in
+closed form, so that counts of thousands cost no more), as (len(counts), B, n, m) float64; a family without
+iterations returns (1, B, n, m). ``counts`` is the family's own where it has them (GD over Fu et al.'s
+thousands of steps), else the probe's 0..K. ``learner(k, value)`` is the same algorithm as an ordinary
 :class:`~iclab.learners.Learner` (used for input sensitivities and reports).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +33,9 @@ from iclab.learners import (
     Ridge,
 )
 from iclab.learners.algorithms import (
+    gradient_descent_coefficients,
     gradient_descent_path,
+    gradient_descent_spectrum,
     newton_schulz_path,
     ridge_predictions,
     sufficient_statistics,
@@ -46,16 +50,21 @@ if TYPE_CHECKING:
 GRID_POINTS = 31  # hyper-parameter values per family on the coarse grid (log-spaced)
 
 
+Path = Callable[[float | None, Sequence[int]], Tensor]  # (value, iteration counts) → (len(counts) or 1, B, n, m)
+
+
 @dataclass(frozen=True)
 class Family:
-    """A candidate algorithm: ``hyper`` names its hyper-parameter (or None), ``grid`` the values tried."""
+    """A candidate algorithm: ``hyper`` names its hyper-parameter (or None), ``grid`` the values tried,
+    ``counts`` the iteration counts tried where the family has its own (None: the probe's 0..K)."""
 
     name: str
     hyper: str | None
     grid: tuple[float, ...]
     iterative: bool
-    path: Callable[[float | None, int], Tensor]
+    path: Path
     learner: Callable[[int | None, float | None], Learner]
+    counts: tuple[int, ...] | None = None
 
 
 def _log_grid(centre: float, low: float, high: float) -> tuple[float, ...]:
@@ -63,8 +72,13 @@ def _log_grid(centre: float, low: float, high: float) -> tuple[float, ...]:
 
 
 def _linear_path(weights: Tensor, xq: Tensor) -> Tensor:
-    """weights: (K + 1, B, n, d), xq: (B, m, d) → predictions (K + 1, B, n, m)."""
+    """weights: (C, B, n, d), xq: (B, m, d) → predictions (C, B, n, m)."""
     return torch.einsum("bmd,kbnd->kbnm", xq, weights)
+
+
+def _at_counts(iterates: Callable[[float | None, int], Tensor]) -> Path:
+    """The path at the given counts of an iteration whose ``iterates(value, K)`` are those of 0..K: (K + 1, …)."""
+    return lambda value, counts: iterates(value, max(counts))[list(counts)]
 
 
 def _solved_from_x(prompts: Prompts, alpha: float) -> Tensor:
@@ -82,26 +96,40 @@ def _kernel_path(kernel: Kernel, prompts: Prompts) -> Callable[[float | None, in
     k_qc = kernel(prompts.xq, prompts.xs).unsqueeze(1) * mask.view(1, n, 1, n)
     ys = prompts.ys.unsqueeze(1) * mask
     count = mask.sum(-1).expand(prompts.batch, n)
-    return lambda lr, steps: functional_gd_path(k_cc, k_qc, ys, steps, lr, count)
+    return _at_counts(lambda lr, steps: functional_gd_path(k_cc, k_qc, ys, steps, lr, count))
+
+
+def _gd_path(gram: Tensor, moment: Tensor, count: Tensor, xq: Tensor) -> Path:
+    """GD's predictions at any counts in closed form (:func:`gradient_descent_coefficients`): one
+    eigendecomposition per prompt and prefix, shared by every step size and count."""
+    eigenvalues, vectors, projected = gradient_descent_spectrum(gram, moment, count)
+    queries = torch.einsum("bmd,bnde->bnme", xq.double(), vectors)  # x_qᵀV per prefix: (B, n, m, d)
+
+    def path(lr: float, counts: Sequence[int]) -> Tensor:
+        coefficients = gradient_descent_coefficients(eigenvalues, projected, counts, lr)  # Vᵀw_t: (C, B, n, d)
+        return torch.einsum("bnme,kbne->kbnm", queries, coefficients)
+
+    return path
 
 
 def candidate_families(
     prompts: Prompts,
     kernels: tuple[Kernel, ...] = (),
     preconditioner: Tensor | None = None,
+    gd_counts: tuple[int, ...] | None = None,
 ) -> list[Family]:
     """GD, Newton–Schulz, ridge and least squares always; preconditioned GD with ``preconditioner`` (d, d);
     functional GD for each of ``kernels``. Grids are centred on the data's scale: s = E‖x‖²/d for the step
-    sizes (stable GD needs lr < 2/λ_max(XᵀX/k)) and n·s for the ridge α."""
+    sizes (stable GD needs lr < 2/λ_max(XᵀX/k)) and n·s for the ridge α. GD is tried at ``gd_counts`` steps
+    where given (its iterates in closed form: thousands cost no more), else at the probe's counts."""
     gram, moment, count = sufficient_statistics(prompts.xs, prompts.ys, prefixes=True)
     scale = float((prompts.xs**2).sum(-1).mean()) / prompts.d
     xq = prompts.xq
     families = [
-        Family("gd", "lr", _log_grid(1 / scale, 1e-2, 10.0), True,
-               lambda lr, steps: _linear_path(gradient_descent_path(gram, moment, count, steps, lr), xq),
-               lambda steps, lr: GradientDescent(steps, lr)),
+        Family("gd", "lr", _log_grid(1 / scale, 1e-2, 10.0), True, _gd_path(gram, moment, count, xq),
+               lambda steps, lr: GradientDescent(steps, lr), gd_counts),
         Family("newton", None, (), True,
-               lambda _, steps: _linear_path(newton_schulz_path(gram, moment, steps), xq),
+               _at_counts(lambda _, steps: _linear_path(newton_schulz_path(gram, moment, steps), xq)),
                lambda steps, _: NewtonSchulz(steps)),
         Family("ridge", "alpha", _log_grid(prompts.n * scale, 1e-4, 1e2), False,
                lambda alpha, _: _solved_from_x(prompts, alpha),
@@ -114,7 +142,7 @@ def candidate_families(
         pre = preconditioner.to(dtype=gram.dtype, device=gram.device)
         families.insert(1, Family(
             "pgd", "lr", _log_grid(1 / scale, 1e-2, 10.0), True,
-            lambda lr, steps: _linear_path(gradient_descent_path(gram, moment, count, steps, lr, pre), xq),
+            _at_counts(lambda lr, steps: _linear_path(gradient_descent_path(gram, moment, count, steps, lr, pre), xq)),
             lambda steps, lr: PreconditionedGD(steps, lr, pre)))  # fmt: skip
     for kernel in kernels:
         diagonal = float(kernel(prompts.xs, prompts.xs).diagonal(dim1=-2, dim2=-1).mean())

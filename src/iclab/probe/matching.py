@@ -44,11 +44,16 @@ def relative_difference(values: Tensor, reference: Tensor) -> Tensor:
 def similarity_of_errors(predictions: Tensor, readout: Tensor, yq: Tensor) -> Tensor:
     """Mean over prompts of the cosine between error vectors over prefixes and queries: (..., B, n, m) and
     yq: (B, m) → (...,)."""
+    return torch.nan_to_num(error_cosines(predictions, readout, yq).mean(-1), nan=-math.inf)
+
+
+def error_cosines(predictions: Tensor, readout: Tensor, yq: Tensor) -> Tensor:
+    """Each prompt's cosine between the two error vectors over its prefixes and queries, which SimE averages:
+    (..., B, n, m) and yq: (B, m) → (..., B); paired tests over prompts take them."""
     mine = predictions - yq.unsqueeze(-2)
     theirs = readout - yq.unsqueeze(-2)
     dot = (mine * theirs).sum((-2, -1))
-    cosine = dot / (mine.norm(dim=(-2, -1)) * theirs.norm(dim=(-2, -1))).clamp_min(1e-300)
-    return torch.nan_to_num(cosine.mean(-1), nan=-math.inf)
+    return dot / (mine.norm(dim=(-2, -1)) * theirs.norm(dim=(-2, -1))).clamp_min(1e-300)
 
 
 def cost(metric: str, predictions: Tensor, readout: Tensor, yq: Tensor) -> Tensor:
@@ -72,6 +77,9 @@ def sensitivity_cosine(a: Tensor, b: Tensor) -> float:
     return float(((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)).mean())
 
 
+REFINED = 3  # iteration counts of a family refined before its best is chosen
+
+
 @dataclass
 class Match:
     """A candidate (family, iteration count, hyper-parameter) against one layer."""
@@ -93,9 +101,9 @@ class Match:
 
 
 class Matcher:
-    """Candidate paths computed once on ``prompts`` (every grid value, every iteration count up to
-    ``max_iterations``, the prefixes ``first_prefix``..n) and matched against any number of layer read-outs
-    (B, n − first_prefix + 1, m)."""
+    """Candidate paths computed once on ``prompts`` (every grid value, every iteration count of each family:
+    its own counts where it has them, else 0..``max_iterations``; the prefixes ``first_prefix``..n) and matched
+    against any number of layer read-outs (B, n − first_prefix + 1, m)."""
 
     def __init__(
         self, families: list[Family], prompts: Prompts, max_iterations: int, metric: str, first_prefix: int = 1
@@ -107,16 +115,22 @@ class Matcher:
         self.families, self.prompts, self.metric = families, prompts, metric
         self.by_name = {family.name: family for family in families}
         self.max_iterations, self.first_prefix = max_iterations, first_prefix
-        self.paths = {
-            family.name: torch.stack([self._path(family, value, max_iterations) for value in (family.grid or (None,))])
-            for family in families
-        }  # name → (G, K + 1 or 1, B, n − first_prefix + 1, m)
+        self.paths = {family.name: self._grid_paths(family) for family in families}
 
-    def _path(self, family: Family, value: float | None, steps: int) -> Tensor:
-        return family.path(value, steps)[..., self.first_prefix - 1 :, :]
+    def _grid_paths(self, family: Family) -> Tensor:
+        """Every grid value's path: (G, counts or 1, B, n − first_prefix + 1, m)."""
+        counts = self._counts(family)
+        return torch.stack([self._path(family, value, counts) for value in (family.grid or (None,))])
+
+    def _path(self, family: Family, value: float | None, counts: tuple[int, ...]) -> Tensor:
+        return family.path(value, counts)[..., self.first_prefix - 1 :, :]
+
+    def _counts(self, family: Family) -> tuple[int, ...]:
+        """The iteration counts ``family`` is tried at: its own, else 0..max_iterations."""
+        return family.counts if family.counts is not None else tuple(range(self.max_iterations + 1))
 
     def _iterations(self, family: Family) -> list[int | None]:
-        return list(range(self.max_iterations + 1)) if family.iterative else [None]
+        return list(self._counts(family)) if family.iterative else [None]
 
     def grid_matches(self, layer: int, readout: Tensor) -> list[Match]:
         """For every family and iteration count, the grid value that fits ``readout`` (B, n, m) best."""
@@ -145,26 +159,34 @@ class Matcher:
         bounds = (grid[max(at - 1, 0)], grid[min(at + 1, len(grid) - 1)])
 
         def objective(log_value: float) -> float:
-            prediction = self._path(family, math.exp(log_value), steps)[-1]
+            prediction = self._path(family, math.exp(log_value), (steps,))[-1]
             return float(cost(self.metric, prediction, readout, self.prompts.yq))
 
         result = minimize_scalar(objective, bounds=bounds, method="bounded", options={"xatol": 1e-7})
         if not result.fun < objective(math.log(match.value)):
             return match
-        prediction = self._path(family, math.exp(result.x), steps)[-1]
+        prediction = self._path(family, math.exp(result.x), (steps,))[-1]
         return Match(match.layer, match.family, match.iterations, match.hyper, math.exp(result.x),
                      float(relative_difference(prediction, readout)),
                      float(similarity_of_errors(prediction, readout, self.prompts.yq)))  # fmt: skip
+
+    def predictions(self, match: Match) -> Tensor:
+        """The matched candidate's predictions on the probe's prompts: (B, n − first_prefix + 1, m)."""
+        family = self.by_name[match.family]
+        return self._path(family, match.value, (match.iterations or 0,))[-1]
 
     def learner(self, match: Match) -> Learner:
         return self.by_name[match.family].learner(match.iterations, match.value)
 
     def best_per_family(self, matches: list[Match], readout: Tensor) -> list[Match]:
-        """The best iteration count of each family (refined), best first by the metric."""
-        best = {}
+        """The best iteration count of each family, best first by the metric: the ``REFINED`` counts that fit
+        best on the grid are each refined and the best of them kept (on the grid alone a count next to the right
+        one can win by sitting nearer a grid value: a 2-step GD construction at seed 9 of the newton recipe was
+        named 3 steps)."""
+        key = (lambda m: m.difference) if self.metric == "difference" else (lambda m: -m.sime)
+        by_family: dict[str, list[Match]] = {}
         for match in matches:
-            key = match.difference if self.metric == "difference" else -match.sime
-            if match.family not in best or key < best[match.family][0]:
-                best[match.family] = (key, match)
-        refined = [self.refine(match, readout) for _, match in best.values()]
-        return sorted(refined, key=lambda m: m.difference if self.metric == "difference" else -m.sime)
+            by_family.setdefault(match.family, []).append(match)
+        refined = [min((self.refine(m, readout) for m in sorted(group, key=key)[:REFINED]), key=key)
+                   for group in by_family.values()]  # fmt: skip
+        return sorted(refined, key=key)

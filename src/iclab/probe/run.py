@@ -24,8 +24,8 @@ from iclab.models import InContextModel
 from iclab.plots import caption, clipped_label, config_caption, count_axis, markdown_table, outside_legend, save_figure
 from iclab.probe.candidates import candidate_families, descriptor_families
 from iclab.probe.matching import (
-    Match,
     Matcher,
+    error_cosines,
     input_sensitivity,
     sensitivity_cosine,
 )
@@ -52,9 +52,10 @@ class ProbeError(UserError):
 @dataclass(frozen=True)
 class ProbeSettings:
     """How much to probe: matched prompts and their query points, prompts for fitting the linear probes, the
-    iteration counts 0..max_iterations tried, the metric that fits hyper-parameters and ranks candidates, the
-    first context prefix compared (None: only the full context n, where a model trained at one n is in
-    distribution; 1: every prefix, as Fu et al.), line sweeps."""
+    iteration counts 0..max_iterations tried (GD's: ``gd_steps`` where given, e.g. a log grid into Fu et al.'s
+    thousands), the metric that fits hyper-parameters and ranks candidates, the first context prefix compared
+    (None: only the full context n, where a model trained at one n is in distribution; 1: every prefix, as Fu
+    et al.), line sweeps."""
 
     prompts: int = 500
     queries: int = 10
@@ -65,11 +66,13 @@ class ProbeSettings:
     sweeps: int = 20
     seed: int = 0
     readout: str = "model"  # what a layer predicts: the model's own read-out, or a fitted linear "probe"
+    gd_steps: tuple[int, ...] | None = None  # GD's step counts (its iterates in closed form); None: 0..max_iterations
 
 
 @dataclass
 class ProbeResult:
-    """Everything the probe measured (see :func:`write_probe` for the files)."""
+    """Everything the probe measured (see :func:`write_probe` for the files); ``cosines`` holds, for each layer
+    and family, every prompt's cosine of errors with the family's best match (SimE is their mean)."""
 
     layers: pd.DataFrame  # one row per layer: losses, best match and the iteration maps
     candidates: pd.DataFrame  # one row per layer and family: its best (refined) match
@@ -82,6 +85,7 @@ class ProbeResult:
     settings: ProbeSettings
     description: dict[str, str] = field(default_factory=dict)
     caption: str = ""  # under every figure: which run and config (default: the title write_probe is given)
+    cosines: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # (layer, family) → (B,): per prompt
 
 
 def _candidate_kernels(model: InContextModel, task: Task) -> tuple[Kernel, ...]:
@@ -134,12 +138,12 @@ def probe_model(
         curves[f"layer {layer} probe"] = error_curve(ProbeReadout(model, probes[layer - 1]), prompts)
 
     say("probe: candidate algorithms (every iteration count, every grid value)")
-    families = candidate_families(prompts, _candidate_kernels(model, task), _preconditioner(task))
+    families = candidate_families(prompts, _candidate_kernels(model, task), _preconditioner(task), settings.gd_steps)
     families += descriptor_families(prompts, task)
     matcher = Matcher(families, prompts, settings.max_iterations, settings.metric, first_prefix)
     curves["ols"] = error_curve(LeastSquares(), prompts)
 
-    layer_rows, candidate_rows, grid_rows = [], [], []
+    layer_rows, candidate_rows, grid_rows, cosines = [], [], [], {}
     for layer in range(1, layers + 1):
         readout = readouts[layer - 1]
         grid = matcher.grid_matches(layer, readout)
@@ -151,6 +155,9 @@ def probe_model(
             learner_sensitivity = input_sensitivity(matcher.learner(match).predict, prompts)
             match.sensitivity = sensitivity_cosine(model_sensitivity, learner_sensitivity)
             candidate_rows.append({**asdict(match), "label": match.label()})
+            cosines[(layer, match.family)] = (
+                error_cosines(matcher.predictions(match), readout, prompts.yq).cpu().numpy()
+            )
         top = best[0]
         row = {
             "layer": layer,
@@ -161,9 +168,10 @@ def probe_model(
             "sime": top.sime,
             "sensitivity": top.sensitivity,
         }
+        chosen = {match.family: match for match in best}
         for family in families:
             if family.iterative:
-                row[f"{family.name}_k"] = _best_iterations(grid, family.name, settings.metric)
+                row[f"{family.name}_k"] = chosen[family.name].iterations
         layer_rows.append(row)
         say(f"probe: layer {layer}: {top.label()} (difference {top.difference:.3g}, SimE {top.sime:.4f})")
 
@@ -180,6 +188,7 @@ def probe_model(
         piecewise=summarise(sweeps),
         reference_name=reference.name,
         settings=settings,
+        cosines=cosines,
     )
 
 
@@ -193,19 +202,13 @@ def _layer_prediction(
     return probes[layer - 1].predict(model.layer_states(xs, ys, xq, descriptor)[layer - 1])
 
 
-def _best_iterations(grid: list[Match], family: str, metric: str) -> int:
-    rows = [m for m in grid if m.family == family]
-    key = (lambda m: m.difference) if metric == "difference" else (lambda m: -m.sime)
-    return min(rows, key=key).iterations
-
-
 # --------------------------------------------------------------------------- files
 
 
 def plot_iterations(result: ProbeResult, path: Path, caption_text: str = "") -> None:
     """iterations.png: for each iterative family a layers × iterations heatmap of the metric (SimE, or
-    log10 of the difference), the best iteration count of each layer marked (the title says so: no legend on
-    the heatmap); integer ticks on both axes."""
+    log10 of the difference), one column per count tried (GD's may be a log grid: the ticks name the counts),
+    the best iteration count of each layer marked (the title says so: no legend on the heatmap)."""
     grid = result.grid[result.grid["iterations"].notna()]
     families = list(dict.fromkeys(grid["family"]))
     fig, axes = plt.subplots(1, len(families), figsize=(5.4 * len(families), 0.5 * result.layers.shape[0] + 2.4),
@@ -218,10 +221,14 @@ def plot_iterations(result: ProbeResult, path: Path, caption_text: str = "") -> 
         image = ax.imshow(values, aspect="auto", cmap="viridis" if sime else "viridis_r", origin="lower",
                           extent=(-0.5, table.shape[1] - 0.5, 0.5, table.shape[0] + 0.5))  # fmt: skip
         best = values.argmax(1) if sime else values.argmin(1)
-        ax.plot(table.columns.to_numpy()[best], table.index.to_numpy(), "r*", ms=9)
-        ax.set_xlabel(f"{family} iterations k")
+        ax.plot(best, table.index.to_numpy(), "r*", ms=9)
+        counts = table.columns.to_numpy().astype(int)
+        contiguous = np.array_equal(counts, np.arange(counts[0], counts[0] + len(counts)))
+        every = max(len(counts) // 12, 1)
+        ax.set_xticks(range(0, len(counts), every), [str(c) for c in counts[::every]], fontsize=7,
+                      rotation=0 if contiguous else 60)  # fmt: skip
+        ax.set_xlabel(f"{family} iterations k" + ("" if contiguous else " (one column per count tried)"))
         ax.set_ylabel("layer")
-        count_axis(ax.xaxis)
         ax.set_yticks(table.index.to_numpy())
         ax.set_title(f"{family} (red stars: best k per layer)", fontsize=9)
         fig.colorbar(image, ax=ax, label="SimE" if sime else "log10 relative difference")
@@ -263,7 +270,8 @@ def report_text(result: ProbeResult, title: str) -> str:
     first = "n (full context only)" if s.first_prefix is None else str(s.first_prefix)
     lines += [f"- prompts matched: {s.prompts} with {s.queries} queries each, context prefixes from {first} to n; "
               f"linear probes fitted on {s.probe_prompts} other prompts",
-              f"- iterations tried: 0..{s.max_iterations}; metric fitting hyper-parameters and ranking: {s.metric}",
+              f"- iterations tried: 0..{s.max_iterations}{_gd_steps_text(s)}; metric fitting hyper-parameters and "
+              f"ranking: {s.metric}",
               "", "## Which algorithm (best match per layer)", "",
               markdown_table(result.layers.round(6)), "",
               "difference: ‖ŷ_layer − ŷ_alg‖²/‖ŷ_layer‖² over all prefixes; sime: Fu et al.'s similarity of errors; "
@@ -284,6 +292,13 @@ def report_text(result: ProbeResult, title: str) -> str:
     lines += ["", "Figures: figures/iterations.png, figures/layer_curves.png, figures/weights.png, "
               "figures/piecewise.png"]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _gd_steps_text(settings: ProbeSettings) -> str:
+    """Where GD has its own step counts: they, in words."""
+    if settings.gd_steps is None:
+        return ""
+    return f" (GD: {', '.join(map(str, settings.gd_steps))} steps)"
 
 
 def write_probe(result: ProbeResult, out: Path, title: str) -> None:
