@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -113,3 +114,23 @@ def test_the_same_test_decides_the_model_and_its_controls():
     c = Claim("k", "c", "p", "Fig. 1", REPRODUCTION, measure["m"], test, {"x": lambda d: Estimate(d["v"] + 10)})
     (result,) = evaluate([c], {0: {"v": 0.5}})
     assert seen == [10.5, 0.5] and result.verdicts[0].controls["x"][1]  # the control rejected by the same test
+
+
+def test_the_shared_measures():
+    """reading formats the number it reads; trend keeps the sequence and divides its ends; shrinks needs a fall at
+    every step and a last value below the ratio; mean_interval's interval is the bootstrap's, about ±1.96 s.e."""
+    from iclab.experiments.claims import mean_interval, reading, shrinks, trend
+
+    assert reading(lambda d: d["x"], "{:.1%}")({"x": 0.1234}).shown() == "12.3%"
+    falling = trend(lambda d: d)([4.0, 2.0, 0.5])
+    assert falling.values == (4.0, 2.0, 0.5) and falling.value == 0.125 and falling.shown() == "4 → 2 → 0.5"
+    assert shrinks(0.25)(falling) and not shrinks(0.1)(falling)
+    assert not shrinks(0.25)(trend(lambda d: d)([4.0, 4.5, 0.5]))  # a rise on the way
+    rng = np.random.default_rng(0)
+    values = rng.normal(1.0, 2.0, size=20_000)
+    mean, low, high = mean_interval(values)
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    assert mean == pytest.approx(values.mean(), rel=1e-12)
+    assert low < mean < high and (high - low) / (2 * 1.96 * sem) == pytest.approx(1.0, abs=0.1)
+    narrow = mean_interval(values, confidence=0.5)
+    assert narrow[1] > low and narrow[2] < high

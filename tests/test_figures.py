@@ -170,9 +170,10 @@ def test_recipe_and_shift_figures_are_readable(tmp_path, figures):
             for k, value in zip(ks, np.where(ks >= 3, 1e-30, 0.5) if learner == "least_squares" else 1 / ks,
                                 strict=True)]  # fmt: skip
     plot_shifts(pd.DataFrame(rows), tmp_path / "shifts.png", "title", "runs/x (step 4): task.d=2")
-    garg = pd.DataFrame([{"task": task, "learner": learner, "k": k, "normalised": 1 / k, "low": 0.8 / k,
-                          "high": 1.2 / k} for task in ("linear", "sparse_linear")
-                         for learner in ("gpt2", "least_squares") for k in range(1, 11)])  # fmt: skip
+    garg = pd.DataFrame([{"task": task, "condition": "in distribution", "learner": learner, "seed": seed, "k": k,
+                          "normalised": 1 / k, "low": 0.8 / k, "high": 1.2 / k}
+                         for task in ("linear", "sparse_linear") for learner in ("gpt2", "least_squares")
+                         for seed in (0, 1) for k in range(1, 11)])  # fmt: skip
     plot_curves(garg, tmp_path / "curves.png", "iclab reproduce garg --size quick")
     newton, shifts, curves = figures()
     assert integer_ticks(newton.axes[0].yaxis) and integer_ticks(newton.axes[0].xaxis)

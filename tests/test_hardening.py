@@ -132,7 +132,7 @@ def start_reproduce(out: Path) -> tuple[subprocess.Popen, set[int]]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
     deadline = time.time() + 120
-    while len(list((out / "runs").glob("*/checkpoint.pt"))) < 1 or len(descendants(process.pid)) < 2:
+    while len(list((out / "runs").glob("seed*/*/config.yaml"))) < 2 or len(descendants(process.pid)) < 2:
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.1)
     return process, descendants(process.pid)

@@ -134,9 +134,11 @@ def test_cli_list_runs_prints_the_commands_and_trains_nothing(tmp_path, capsys):
 def test_sizes_are_named(tmp_path, capsys):
     assert main(["reproduce", "garg", "--size", "scaled", "--list-runs", "--out", str(tmp_path)]) == 0
     commands = capsys.readouterr().out.strip().splitlines()
-    assert len(commands) == 4 and all("task.d=5" in c and "model.size=tiny" in c for c in commands)
+    assert len(commands) == 3 * 4 and all("task.d=5" in c and "model.size=tiny" in c for c in commands)
     sparse = [c.split() for c in commands if "task.name=sparse_linear" in c]  # its own sparsity, depth and steps
-    assert len(sparse) == 1 and {"task.sparsity=1", "model.layers=6", "train.steps=24000"} <= set(sparse[0])
+    assert len(sparse) == 3 and all(
+        {"task.sparsity=1", "model.layers=6", "train.steps=24000"} <= set(c) for c in sparse
+    )
     assert not any("task.sparsity" in c or "model.layers" in c for c in commands if "sparse_linear" not in c)
     assert main(["reproduce", "mlp_lsa", "--size", "scaled"]) == 2
     assert "--size must be one of quick, full for mlp_lsa" in capsys.readouterr().err

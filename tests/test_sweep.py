@@ -302,13 +302,20 @@ def test_reproduce_runs_through_the_ray_backend(tmp_path, capsys, monkeypatch, r
     """`iclab reproduce NAME --backend ray` hands the recipe a Ray executor (a stand-in recipe: one tiny run)."""
     import iclab.experiments
     from iclab.backends import RayExecutor
+    from iclab.experiments import get_recipe
+    from iclab.experiments.claims import REPRODUCTION, Claim, Estimate, above, evaluate
+    from iclab.experiments.reproduce import Reproduction
 
-    def reproduce(name, out, size, device, progress, jobs=1, executor=None):
+    def reproduce(name, out, size, seeds, seed_offset, device, progress, untrained, jobs=1, executor=None):
         runs = execute([RunSpec("a", ("task.d=2", "task.n=4", "train.steps=3", "eval.batch_size=16"))],
                        Path(out) / "runs", progress=False, executor=executor)  # fmt: skip
-        return {"checks": {"trained through Ray": isinstance(executor, RayExecutor) and "a" in runs}}
+        ok = float(isinstance(executor, RayExecutor) and "a" in runs)
+        claim = Claim("ray", "trained through Ray", "-", "-", REPRODUCTION, lambda m: Estimate(m), above(0.5, ">"),
+                      {"not through Ray": lambda _: Estimate(0.0)})  # fmt: skip
+        results = evaluate([claim], {0: ok, 1: ok, 2: ok})
+        return Reproduction(get_recipe(name), size, (0, 1, 2), results, {})
 
     monkeypatch.setattr(iclab.experiments, "reproduce", reproduce)
     code, printed, _ = cli(capsys, ["reproduce", "mlp_lsa", "--quick", "--out", str(tmp_path), "--backend", "ray"])
-    assert code == 0 and "yes  trained through Ray" in printed
+    assert code == 0 and "yes  [paper, -] trained through Ray" in printed
     assert (tmp_path / "runs" / "a" / "summary.json").exists()

@@ -26,7 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+
+from iclab.evaluate import loss_statistics
 
 REPRODUCTION = "reproduction"
 THEORY = "theory check"
@@ -71,6 +75,44 @@ class Criterion:
 
     def __call__(self, estimate: Estimate) -> bool:
         return bool(self.decide(estimate)) and not math.isnan(estimate.value)
+
+
+NO_DIFFERENCE = Estimate(0.0, 0.0, 0.0, text="+0 [+0, +0]")  # a control identical to its reference
+
+
+def reading(read: Callable[[Any], float], text: str = "{:.4g}") -> Measure:
+    """A measure that reads one number from a seed's measurements, shown as ``text.format(number)``."""
+
+    def measure(data: Any) -> Estimate:
+        value = float(read(data))
+        return Estimate(value, text=text.format(value))
+
+    return measure
+
+
+def trend(read: Callable[[Any], Sequence[float]], text: str = "{:.3g}") -> Measure:
+    """A measure of a sequence read from a seed's measurements (e.g. along n): its last value over its first, the
+    sequence kept (``Estimate.values``) and shown in full."""
+
+    def measure(data: Any) -> Estimate:
+        values = tuple(float(v) for v in read(data))
+        return Estimate(values[-1] / values[0], values=values, text=" → ".join(text.format(v) for v in values))
+
+    return measure
+
+
+def shrinks(ratio: float) -> Criterion:
+    """Yes for a :func:`trend` that falls at every step and ends below ``ratio`` × its start."""
+    return Criterion(f"decreasing at every step, and the last below {ratio:g} × the first",
+                     lambda e: bool((np.diff(e.values) < 0).all()) and e.value < ratio)  # fmt: skip
+
+
+def mean_interval(values: torch.Tensor | np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """The mean of per-prompt (or per-sweep) values (B,) and its percentile bootstrap interval at ``confidence``
+    (:func:`iclab.evaluate.loss_statistics`): (mean, low, high)."""
+    column = torch.as_tensor(values, dtype=torch.float64).reshape(-1, 1)
+    mean, _, low, high, _ = loss_statistics(column, confidence=confidence)
+    return float(mean[0]), float(low[0]), float(high[0])
 
 
 def below(limit: float, text: str) -> Criterion:

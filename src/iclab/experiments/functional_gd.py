@@ -59,7 +59,7 @@ from torch import Tensor
 
 from iclab.config import parse_config
 from iclab.constructions import functional_gd_model
-from iclab.evaluate import ErrorCurve, error_curve, loss_statistics, per_prompt_loss
+from iclab.evaluate import ErrorCurve, error_curve, per_prompt_loss
 from iclab.experiments.claims import (
     REPRODUCTION,
     THEORY,
@@ -69,6 +69,7 @@ from iclab.experiments.claims import (
     Estimate,
     below,
     interval_below,
+    mean_interval,
     untested,
 )
 from iclab.experiments.grid import RunSpec, training_overrides
@@ -355,12 +356,6 @@ def theory_errors(size: Size, seed: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- claims
 
 
-def _paired(difference: Tensor) -> tuple[float, float, float]:
-    """Mean of per-prompt values (B,) and its 95 % bootstrap interval."""
-    mean, _, low, high, _ = loss_statistics(difference)
-    return float(mean), float(low), float(high)
-
-
 def learned(losses: pd.DataFrame, column: str, layers: int, kernel: str) -> tuple[bool, float]:
     """Whether the model in ``column`` has learned in context: its loss below the midpoint between the zero
     predictor's and ``layers`` steps of functional GD with the data's ``kernel``; and that midpoint."""
@@ -379,7 +374,7 @@ def best_activation(kernel: str, best: str, others: tuple[str, ...], layers: int
         if not ok:
             return Estimate(math.nan, text=f"{best} did not learn: loss {losses[column].mean():.4g} ≥ {midpoint:.4g}")
         zero = float(losses["zero"].mean())
-        gaps = {other: _paired(torch.tensor((losses[model_column(other, layers)] - losses[column]).to_numpy()) / zero)
+        gaps = {other: mean_interval((losses[model_column(other, layers)] - losses[column]).to_numpy() / zero)
                 for other in others}  # fmt: skip
         nearest = min(gaps, key=lambda other: gaps[other][1])
         mean, low, high = gaps[nearest]
@@ -402,7 +397,7 @@ def depth_gain(kernel: str, depths: tuple[int, ...], unused: bool = False):
                 return Estimate(math.nan, text=f"{column} did not learn: loss {losses[column].mean():.4g} ≥ "
                                                f"{midpoint:.4g}")  # fmt: skip
         zero = float(losses["zero"].mean())
-        gains = [_paired(torch.tensor((losses[a] - losses[b]).to_numpy()) / zero)
+        gains = [mean_interval((losses[a] - losses[b]).to_numpy() / zero)
                  for a, b in zip(columns, columns[1:], strict=False)]  # fmt: skip
         mean, low, high = min(gains, key=lambda gain: gain[1])
         shown = " → ".join(f"{losses[c].mean() / zero:.4g}" for c in columns)
@@ -519,7 +514,7 @@ def results_table(size: Size, measurements: dict[int, Measured]) -> pd.DataFrame
             losses = measures.losses
             for layers in size.layers:
                 for activation in size.activations:
-                    mean, low, high = _paired(torch.tensor(losses[model_column(activation, layers)].to_numpy()))
+                    mean, low, high = mean_interval(losses[model_column(activation, layers)].to_numpy())
                     rows.append({"seed": seed, "kernel": kernel, "activation": activation, "layers": layers,
                                  "loss": mean, "low": low, "high": high,
                                  "fgd_loss": float(losses[fgd_column(kernel, layers)].mean()),

@@ -62,7 +62,16 @@ from torch import Tensor
 
 from iclab.config import parse_config
 from iclab.evaluate import loss_statistics, per_prompt_loss
-from iclab.experiments.claims import REPRODUCTION, Claim, ClaimResult, Estimate, Measure, interval_below, untested
+from iclab.experiments.claims import (
+    REPRODUCTION,
+    Claim,
+    ClaimResult,
+    Estimate,
+    Measure,
+    interval_below,
+    mean_interval,
+    untested,
+)
 from iclab.experiments.grid import RunSpec, load_finished, next_example_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
 from iclab.learners import Averaging, Learner, from_model
@@ -319,7 +328,7 @@ def _linear_prompts(gpt2: Learner, task: Sampler, prompts: Prompts, size: Size, 
 def _interval(column: Tensor, shown: str = "") -> Estimate:
     """The mean of a per-prompt column (B,) with its 90 % bootstrap interval, after ``shown`` (what it is made
     of) in the report."""
-    mean, _, low, high, _ = (float(v) for v in loss_statistics(column.unsqueeze(1), confidence=CONFIDENCE))
+    mean, low, high = mean_interval(column, CONFIDENCE)
     return Estimate(mean, low, high, text=f"{shown}{mean:+.3g} [{low:+.3g}, {high:+.3g}]")
 
 

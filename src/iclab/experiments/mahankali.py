@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from iclab.experiments.claims import REPRODUCTION, THEORY, Claim, ClaimResult, Estimate, below
+from iclab.experiments.claims import REPRODUCTION, THEORY, Claim, ClaimResult, Estimate, below, reading
 from iclab.experiments.grid import RunSpec, training_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
 from iclab.plots import caption, clipped_label, outside_legend, readable_log_axis, save_figure
@@ -213,20 +213,25 @@ def claims(size: Size) -> list[Claim]:
             tolerance, loss_tolerance = exact.gamma_tolerance, exact.loss_tolerance
             found.append(Claim(
                 f"{name}/gamma", f"{where}: the trained Γ is the global minimiser Γ*", statement, PLACES[setting],
-                REPRODUCTION, _reader(name, "gamma_distance", "{:.3%}"),
+                REPRODUCTION, reading(lambda m, name=name: m.loc[name, "gamma_distance"], "{:.3%}"),
                 below(tolerance, f"‖Γ − Γ*‖/‖Γ*‖ < {tolerance:.3%} (half the distance to the nearest control)"),
-                {control: _control_reader(name, control, 0, "{:.3%}") for control in exact.controls},
+                {control: _control(name, control, 0, "{:.3%}") for control in exact.controls},
             ))  # fmt: skip
             found.append(Claim(
                 f"{name}/loss", f"{where}: training reaches the global minimum L*",
                 "trained by gradient flow from a suitable (balanced) init, a one-layer LSA converges to the global "
                 "minimum of the pre-training loss", "ZFB Thm 4.1", REPRODUCTION,
-                _reader(name, "gap_percent", "{:+.4f} %", scale=0.01),
+                reading(lambda m, name=name: m.loc[name, "gap_percent"] / 100, "{:+.4%}"),
                 below(loss_tolerance, f"exact loss above L* < {loss_tolerance:.4%} of L* (half the nearest "
                                       "control's excess)"),
-                {control: _control_reader(name, control, 1, "{:+.4f} %", scale=100) for control in exact.controls},
+                {control: _control(name, control, 1, "{:+.4%}") for control in exact.controls},
             ))  # fmt: skip
     return found + theory_checks(size)
+
+
+def _control(name: str, control: str, index: int, text: str):
+    """A control's (distance, gap) entry of one run: ``index`` 0 or 1."""
+    return reading(lambda m: m.loc[name, "controls"][control][index], text)
 
 
 def theory_checks(size: Size) -> list[Claim]:
@@ -256,26 +261,6 @@ def theory_checks(size: Size) -> list[Claim]:
              lambda _: relative(size.n / (size.n + size.d + 1 + noise**2), quadrature)},
         ))  # fmt: skip
     return found
-
-
-def _reader(name: str, column: str, text: str, scale: float = 1.0):
-    """Read one run's number (× ``scale``: the tests compare fractions) as an Estimate shown by ``text``."""
-
-    def read(data: pd.DataFrame) -> Estimate:
-        value = float(data.loc[name, column])
-        return Estimate(value * scale, text=text.format(value))
-
-    return read
-
-
-def _control_reader(name: str, control: str, index: int, text: str, scale: float = 1.0):
-    """Read one control's (distance, gap) entry of one run as an Estimate (the test compares fractions)."""
-
-    def read(data: pd.DataFrame) -> Estimate:
-        value = float(data.loc[name, "controls"][control][index])
-        return Estimate(value, text=text.format(value * scale))
-
-    return read
 
 
 def plot_gammas(size: Size, results: pd.DataFrame, path: Path, caption_text: str) -> None:

@@ -44,8 +44,17 @@ import pandas as pd
 import torch
 
 from iclab.config import parse_config
-from iclab.evaluate import loss_statistics, per_prompt_loss
-from iclab.experiments.claims import REPRODUCTION, THEORY, Claim, ClaimResult, Estimate, below, interval_below
+from iclab.evaluate import per_prompt_loss
+from iclab.experiments.claims import (
+    REPRODUCTION,
+    THEORY,
+    Claim,
+    ClaimResult,
+    Estimate,
+    below,
+    interval_below,
+    mean_interval,
+)
 from iclab.experiments.grid import RunSpec, training_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
 from iclab.learners import from_model
@@ -161,12 +170,6 @@ def odd_part(model: torch.nn.Module, prompts: Prompts) -> float:
     return float((plus + minus).abs().max() / plus.abs().max().clamp_min(1e-300))
 
 
-def _paired(difference: np.ndarray) -> tuple[float, float, float]:
-    """Mean of per-prompt values and its 95 % bootstrap interval."""
-    mean, _, low, high, _ = loss_statistics(torch.tensor(difference, dtype=torch.float64))
-    return float(mean), float(low), float(high)
-
-
 def beats_references(response: str, subject: str):
     """Measure: the paired difference (subject's loss − a reference's) / E y_q² against the reference nearest to
     beating it (the largest upper end), with its interval."""
@@ -174,7 +177,7 @@ def beats_references(response: str, subject: str):
     def read(data: Measured) -> Estimate:
         losses = data.losses[response]
         zero = float(losses["zero"].mean())
-        gaps = {ref: _paired((losses[subject] - losses[ref]).to_numpy() / zero) for ref in REFERENCES}
+        gaps = {ref: mean_interval((losses[subject] - losses[ref]).to_numpy() / zero) for ref in REFERENCES}
         nearest = max(gaps, key=lambda ref: gaps[ref][2])
         mean, low, high = gaps[nearest]
         text = f"loss/E y² {losses[subject].mean() / zero:.3f}; {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
@@ -225,7 +228,7 @@ def results_table(measurements: dict[int, Measured]) -> pd.DataFrame:
         for response, losses in data.losses.items():
             zero = float(losses["zero"].mean())
             for predictor in PREDICTORS:
-                mean, low, high = _paired(losses[predictor].to_numpy())
+                mean, low, high = mean_interval(losses[predictor].to_numpy())
                 rows.append({"seed": seed, "response": response, "predictor": predictor, "loss": mean, "low": low,
                              "high": high, "zero_loss": zero, "relative_loss": mean / zero})  # fmt: skip
     return pd.DataFrame(rows)

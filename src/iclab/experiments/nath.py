@@ -62,7 +62,7 @@ import pandas as pd
 import torch
 
 from iclab.config import parse_config
-from iclab.evaluate import loss_statistics, per_prompt_loss
+from iclab.evaluate import per_prompt_loss
 from iclab.experiments.claims import (
     REPRODUCTION,
     THEORY,
@@ -73,6 +73,7 @@ from iclab.experiments.claims import (
     above,
     below,
     interval_above,
+    mean_interval,
 )
 from iclab.experiments.grid import RunSpec, training_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
@@ -268,12 +269,6 @@ def _curve_frame(sweep: Sweep, activation: str, steps: int, beta: float, index: 
 # --------------------------------------------------------------------------- claims
 
 
-def _interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean of per-sweep or per-prompt values and its 95 % bootstrap interval."""
-    mean, _, low, high, _ = loss_statistics(torch.tensor(values, dtype=torch.float64))
-    return float(mean), float(low), float(high)
-
-
 def _shares(data: Measured, activation: str, steps: int, beta: float = 1.0) -> pd.DataFrame:
     """The per-sweep rows of one model, in sweep order."""
     s = data.shares
@@ -286,7 +281,7 @@ def excess_share(activation: str, steps: int):
     def read(data: Measured) -> Estimate:
         rows = _shares(data, activation, steps)
         model, bayes = rows["flat_fraction_model"].to_numpy(), rows["flat_fraction_reference"].to_numpy()
-        mean, low, high = _interval(model - bayes)
+        mean, low, high = mean_interval(model - bayes)
         return Estimate(mean, low, high, text=f"{model.mean():.1%} vs Bayes {bayes.mean():.1%}: excess {mean:+.1%} "
                                               f"[{low:+.1%}, {high:+.1%}]")  # fmt: skip
 
@@ -298,7 +293,7 @@ def training_gain(size: Size, activation: str):
 
     def read(data: Measured) -> Estimate:
         shares = [_shares(data, activation, steps)["flat_fraction_model"].to_numpy() for steps in size.softmax_steps]
-        gains = [_interval(b - a) for a, b in zip(shares, shares[1:], strict=False)]
+        gains = [mean_interval(b - a) for a, b in zip(shares, shares[1:], strict=False)]
         mean, low, high = min(gains, key=lambda gain: gain[1])
         path = " → ".join(f"{s.mean():.1%} (‖W_KQ‖ {data.norms[column(activation, steps)]:.3g})"
                           for s, steps in zip(shares, size.softmax_steps, strict=True))  # fmt: skip
@@ -321,7 +316,7 @@ def bayes_gap(size: Size, subject: str | None = None):
         if trained_loss >= midpoint:
             return Estimate(math.nan, text=f"did not learn: loss {trained_loss / zero:.3g} ≥ {midpoint / zero:.3g} "
                                            "(÷ E y²)")  # fmt: skip
-        gaps = {name: _interval((losses[name].to_numpy() - bayes) / zero) for name in names}
+        gaps = {name: mean_interval((losses[name].to_numpy() - bayes) / zero) for name in names}
         best = min(gaps, key=lambda name: gaps[name][0])
         mean, low, high = gaps[best]
         where = f" at β = {float(best.rsplit('beta', 1)[1]):g}" if not subject else ""
@@ -413,11 +408,11 @@ def results_table(size: Size, measurements: dict[int, Measured]) -> pd.DataFrame
         zero, bayes = float(data.losses["zero"].mean()), data.losses["bayes"].to_numpy()
         for (activation, steps, beta), group in data.shares.groupby(["model", "steps", "beta"], sort=False):
             model, reference = group["flat_fraction_model"].to_numpy(), group["flat_fraction_reference"].to_numpy()
-            share, share_low, share_high = _interval(model)
-            excess, excess_low, excess_high = _interval(model - reference)
+            share, share_low, share_high = mean_interval(model)
+            excess, excess_low, excess_high = mean_interval(model - reference)
             losses = data.losses[column(activation, steps, beta)].to_numpy()
-            loss, loss_low, loss_high = _interval(losses / zero)
-            gap, gap_low, gap_high = _interval((losses - bayes) / zero)
+            loss, loss_low, loss_high = mean_interval(losses / zero)
+            gap, gap_low, gap_high = mean_interval((losses - bayes) / zero)
             rows.append({
                 "seed": seed, "model": activation, "steps": steps, "beta": beta,
                 "kq_norm": data.norms[column(activation, steps, beta)], "plateau_share": share,

@@ -30,7 +30,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from iclab.config import parse_config
 from iclab.constructions import gd_model
-from iclab.experiments.claims import REPRODUCTION, Claim, ClaimResult, Criterion, Estimate, above
+from iclab.experiments.claims import REPRODUCTION, Claim, ClaimResult, Criterion, Estimate, above, reading
 from iclab.experiments.grid import RunSpec, load_finished, training_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
 from iclab.plots import caption, count_axis, outside_legend, save_figure
@@ -136,12 +136,13 @@ def measure(context: Context, seed: int, runs: dict[str, Path]) -> Measured:
 
 
 def _last(table: str, depth: int, column: str):
-    def read(m: Measured) -> Estimate:
-        rows = getattr(m, table)
-        value = float(rows[rows.depth == depth].sort_values("layer")[column].iloc[-1])
-        return Estimate(value, text=f"{value:.4g}")
+    """The last layer's ``column`` of a depth's map (``table``: maps or constructions)."""
 
-    return read
+    def last(m: Measured) -> float:
+        rows = getattr(m, table)
+        return rows[rows.depth == depth].sort_values("layer")[column].iloc[-1]
+
+    return reading(last)
 
 
 def _margin(table: str, depth: int):

@@ -51,7 +51,6 @@ import torch
 from matplotlib.lines import Line2D
 
 from iclab.config import parse_config
-from iclab.evaluate import loss_statistics
 from iclab.experiments.claims import (
     REPRODUCTION,
     Claim,
@@ -60,6 +59,7 @@ from iclab.experiments.claims import (
     Estimate,
     Measure,
     interval_above,
+    mean_interval,
     untested,
 )
 from iclab.experiments.grid import RunSpec, load_finished, next_example_overrides
@@ -198,7 +198,7 @@ def newton_over_gd(first: bool = False) -> Measure:
     def read(data: Measured) -> Estimate:
         layer = 1 if first else int(data.layers["layer"].max())
         newton, gd = (torch.as_tensor(data.cosines[(layer, family)]) for family in ("newton", "gd"))
-        mean, _, low, high, _ = (float(v) for v in loss_statistics((newton - gd).unsqueeze(1), confidence=CONFIDENCE))
+        mean, low, high = mean_interval(newton - gd, CONFIDENCE)
         row = data.layers.set_index("layer").loc[layer]
         text = (f"layer {layer}: SimE {row.newton_sime:.3f} (Newton–Schulz, k = {row.newton_k}) vs {row.gd_sime:.3f} "
                 f"(GD, k = {row.gd_k}, η = {row.gd_lr:.3g}): {mean:+.3f} [{low:+.3f}, {high:+.3f}]")  # fmt: skip

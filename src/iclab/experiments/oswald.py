@@ -66,7 +66,7 @@ from scipy.optimize import minimize_scalar
 
 from iclab.constructions import gd_model
 from iclab.evaluate import loss_statistics, per_prompt_loss, query_loss
-from iclab.experiments.claims import REPRODUCTION, Claim, ClaimResult, Criterion, Estimate, above, below
+from iclab.experiments.claims import REPRODUCTION, Claim, ClaimResult, Criterion, Estimate, above, below, reading
 from iclab.experiments.grid import RunSpec, training_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
 from iclab.learners import GradientDescent, from_model
@@ -262,14 +262,8 @@ def measure(context: Context, seed: int, runs: dict[str, Path]) -> Measured:
 
 
 def _layer(depth: int, layer: int, column: str, text: str = "{:.4g}"):
-    """One layer's number from results.csv as an Estimate."""
-
-    def read(m: Measured) -> Estimate:
-        rows = m.results
-        value = float(rows[(rows.depth == depth) & (rows.layer == layer)][column].iloc[0])
-        return Estimate(value, text=text.format(value))
-
-    return read
+    """One layer's number from results.csv."""
+    return reading(lambda m: m.results[(m.results.depth == depth) & (m.results.layer == layer)][column].iloc[0], text)
 
 
 def _ratio(depth: int, layer: int):

@@ -41,6 +41,7 @@ import torch
 
 from iclab.evaluate import loss_statistics, per_prompt_loss
 from iclab.experiments.claims import (
+    NO_DIFFERENCE,
     REPRODUCTION,
     THEORY,
     Claim,
@@ -51,6 +52,10 @@ from iclab.experiments.claims import (
     below,
     interval_above,
     interval_below,
+    mean_interval,
+    reading,
+    shrinks,
+    trend,
     untested,
 )
 from iclab.experiments.grid import RunSpec
@@ -86,6 +91,8 @@ class Size:
     deep_steps: int  # runs with two or more layers
     batch_size: int  # prompts per step at d (at d' > d: batch_size·(d/d')², at least 512)
     deep_batch_size: int | None = None  # the same for runs with two or more layers (None: batch_size)
+    onehot_steps: int | None = None  # the one-hot study's runs (one layer; None: steps)
+    onehot_batch_size: int | None = None  # and their prompts per step (None: batch_size)
     tau: float = 1.0
     lr: float = 0.03  # one-layer runs (cosine decay)
     deep_lr: float = 0.01  # runs with two or more layers
@@ -103,7 +110,8 @@ FULL = Size(d=5, n=20, n_grid=(5, 10, 20, 40, 80), depths=(1, 2, 3), dims=(5, 10
 # quick: 2000 steps of 4096 prompts put the trained B within 0.8-1.7 % of B* (seeds 0-2; 1500 steps of 2048: 1.6-2.5 %,
 # at the 2.5 % tolerance set by the B* × 0.95 control)
 QUICK = Size(d=3, n=12, n_grid=(12,), depths=(1, 2), dims=(3,), n_means=(4,), steps=2000, deep_steps=1000,
-             batch_size=4096, deep_batch_size=2048, eval_prompts=8192)  # fmt: skip
+             batch_size=4096, deep_batch_size=2048, onehot_steps=1000, onehot_batch_size=2048,
+             eval_prompts=8192)  # fmt: skip
 SIZES = {"quick": QUICK, "full": FULL}
 
 
@@ -145,9 +153,12 @@ def runs(size: Size) -> list[Run]:
 
 
 def overrides(size: Size, run: Run) -> tuple[str, ...]:
-    base = size.batch_size if run.layers == 1 or size.deep_batch_size is None else size.deep_batch_size
+    base, steps = size.batch_size, size.steps
+    if run.layers > 1:
+        base, steps = size.deep_batch_size or base, size.deep_steps
+    elif run.n_means:
+        base, steps = size.onehot_batch_size or base, size.onehot_steps or steps
     batch = max(base * size.d**2 // run.d**2, 512)  # a step's cost grows as d²·n ∝ d³
-    steps = size.steps if run.layers == 1 else size.deep_steps
     task = [f"task.d={run.d}", f"task.n={run.n}", f"task.x_mean_std={size.tau:g}", f"task.descriptor={run.descriptor}"]
     if run.n_means:
         task.append(f"task.n_means={run.n_means}")
@@ -258,8 +269,7 @@ def measure_group(size: Size, group: list[Run], run_dirs: dict[str, Path], seed:
     pairs = {}
 
     def pair(name: str, difference: torch.Tensor) -> None:
-        m, _, lo, hi, _ = loss_statistics(difference, seed=seed)
-        pairs[name] = (float(m), float(lo), float(hi))
+        pairs[name] = mean_interval(difference)
 
     by_key = {(run.layers, run.given): columns[run] for run in group}
     gaps = {layers: by_key[(layers, WITHOUT)] - by_key[(layers, WITH)]
@@ -327,33 +337,12 @@ def flows(size: Size, seed: int) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarr
     return pd.DataFrame(rows), curves
 
 
-def _number(read, text: str = "{:.3%}"):
-    def measure_it(data: Measured) -> Estimate:
-        value = float(read(data))
-        return Estimate(value, text=text.format(value))
-
-    return measure_it
-
-
 def _pair(name: str):
     def measure_it(data: Measured) -> Estimate:
         value, low, high = data.pairs[name]
         return Estimate(value, low, high, text=f"{value:+.4g} [{low:+.4g}, {high:+.4g}]")
 
     return measure_it
-
-
-def _sequence(read):
-    """A sequence ``read(data)``: its last over its first value, shown in full."""
-
-    def measure_it(data: Measured) -> Estimate:
-        values = tuple(float(v) for v in read(data))
-        return Estimate(values[-1] / values[0], values=values, text=" → ".join(f"{v:.3g}" for v in values))
-
-    return measure_it
-
-
-ZERO = Estimate(0.0, 0.0, 0.0, text="+0 [+0, +0]")  # a control with no difference at all
 
 
 def claims(size: Size) -> list[Claim]:
@@ -367,12 +356,12 @@ def claims(size: Size) -> list[Claim]:
         where = f"one layer, {run.given} descriptor, n = {run.n}"
 
         def control(index: int, name: str, run_id: str = run.run_id, text: str = "{:.3%}"):
-            return _number(lambda m: m.runs.loc[run_id, "controls"][name][index], text)
+            return reading(lambda m: m.runs.loc[run_id, "controls"][name][index], text)
 
         found.append(Claim(
             f"{run.run_id}/loss", f"{where}: training reaches the global minimum L*(n)",
             "from the balanced initialisation, gradient flow reaches the global minimiser (finite n)", "Thm 4.1",
-            REPRODUCTION, _number(lambda m, r=run.run_id: m.runs.loc[r, "gap_percent"] / 100, "{:+.4%}"),
+            REPRODUCTION, reading(lambda m, r=run.run_id: m.runs.loc[r, "gap_percent"] / 100, "{:+.4%}"),
             below(loss_tol, f"exact loss above L* < {loss_tol:.4%} of L* (half the nearest control's excess)"),
             {name: control(1, name, text="{:+.4%}") for name in controls},
         ))  # fmt: skip
@@ -381,7 +370,7 @@ def claims(size: Size) -> list[Claim]:
                 f"{run.run_id}/weights", f"{where}: the trained weights are the closed-form B*",
                 "the minimiser's form: with μ, two more non-zero blocks of W_KQ (the 11 and 21) than at n = ∞",
                 "Thm 4.1", REPRODUCTION,
-                _number(lambda m, r=run.run_id: m.runs.loc[r, "weights_distance"]),
+                reading(lambda m, r=run.run_id: m.runs.loc[r, "weights_distance"], "{:.3%}"),
                 below(weights_tol, f"‖B − B*‖/‖B*‖ < {weights_tol:.3%} (half the distance to the nearest control)"),
                 {name: control(0, name) for name in controls},
             ))  # fmt: skip
@@ -392,29 +381,28 @@ def claims(size: Size) -> list[Claim]:
                 "without)", "Fig. 2", REPRODUCTION, _pair(f"uses/d{run.d}_n{run.n}_K0_L1"),
                 interval_below(0, "paired loss difference to the descriptor-free optimum L*_without on the same "
                                "prompts: 95 % interval below 0"),
-                {"the descriptor-free optimum itself": lambda _: ZERO},
+                {"the descriptor-free optimum itself": lambda _: NO_DIFFERENCE},
             ))  # fmt: skip
     found.append(Claim(
         "theory/infinite-n", "n → ∞: with the descriptor the optimum is exact (zero loss)",
         "subtract μ in the keys and take one step of preconditioned GD: ŷ = wᵀx_q; without μ no fixed Γ undoes "
         "(I + μμᵀ)", "Thm 3.1", THEORY,
-        _number(lambda m: m.flows[(m.flows.n == math.inf) & (m.flows.given == WITH)]["optimal_loss"].iloc[0], "{:.3g}"),
+        reading(lambda m: m.flows[(m.flows.n == math.inf) & (m.flows.given == WITH)]["optimal_loss"].iloc[0], "{:.3g}"),
         Criterion(f"L*(∞) = 0 (to {ROUNDING:g} × E y²)", lambda e: e.value == 0),
         {"L*(∞) without the descriptor":
-         _number(lambda m: m.flows[(m.flows.n == math.inf) & (m.flows.given == WITHOUT)]["optimal_loss"].iloc[0],
+         reading(lambda m: m.flows[(m.flows.n == math.inf) & (m.flows.given == WITHOUT)]["optimal_loss"].iloc[0],
                  "{:.3g}")},
     ))  # fmt: skip
     if len(size.n_grid) > 1:
 
         def along_n(given: str):
-            return _sequence(lambda m: m.runs[(m.runs.layers == 1) & (m.runs.n_means == 0) & (m.runs.d == size.d)
+            return trend(lambda m: m.runs[(m.runs.layers == 1) & (m.runs.n_means == 0) & (m.runs.d == size.d)
                                               & (m.runs.given == given)].sort_values("n")["exact_loss"])  # fmt: skip
 
         found.append(Claim(
             "with/falls-to-zero", "with the descriptor the trained one-layer loss falls towards 0 as n grows",
             "L*(n) → 0 as n → ∞ with μ (and stays above L*(∞) > 0 without)", "Thm 3.1, 4.1", REPRODUCTION,
-            along_n(WITH), Criterion("decreasing in n, the largest n's below 0.25 × the smallest's",
-                                     lambda e: bool((np.diff(e.values) < 0).all()) and e.value < 0.25),
+            along_n(WITH), shrinks(0.25),
             {"the trained models without the descriptor": along_n(WITHOUT)},
         ))  # fmt: skip
     else:
@@ -426,7 +414,7 @@ def claims(size: Size) -> list[Claim]:
             label = "∞" if math.isinf(n) else f"{n}"
 
             def flow(column: str, n: float = n, given: str = given):
-                return _number(lambda m: m.flows[(m.flows.n == n) & (m.flows.given == given)][column].iloc[0], "{:.2g}")
+                return reading(lambda m: m.flows[(m.flows.n == n) & (m.flows.given == given)][column].iloc[0], "{:.2g}")
 
             found.append(Claim(
                 f"theory/flow-n{label}-{given}", f"gradient flow from the balanced init, n = {label}, {given} "
@@ -446,7 +434,7 @@ def claims(size: Size) -> list[Claim]:
                     _pair(f"depth/d{d}_n{n}_K0_L{layers}_{given}"),
                     interval_below(0, "paired loss difference to the one-layer optimum L* on the same prompts: 95 % "
                                    "interval below 0"),
-                    {"the one-layer optimum itself": lambda _: ZERO},
+                    {"the one-layer optimum itself": lambda _: NO_DIFFERENCE},
                 ))  # fmt: skip
             if layers == 2:
                 found.append(Claim(
@@ -455,7 +443,7 @@ def claims(size: Size) -> list[Claim]:
                     REPRODUCTION, _pair(f"narrows/d{d}_n{n}_K0_L2"),
                     interval_above(0, "(gap at 1 layer) − (gap at 2 layers), paired on the same prompts: 95 % "
                                    "interval above 0"),
-                    {"an unchanged gap": lambda _: ZERO},
+                    {"an unchanged gap": lambda _: NO_DIFFERENCE},
                 ))  # fmt: skip
     if len(size.dims) > 1:
 
@@ -480,7 +468,7 @@ def claims(size: Size) -> list[Claim]:
             _pair(f"uses/d{size.d}_n{size.n}_K{k}_L1"),
             interval_below(0, "paired loss difference to the descriptor-free optimum on the same prompts: 95 % "
                            "interval below 0"),
-            {"the descriptor-free optimum itself": lambda _: ZERO},
+            {"the descriptor-free optimum itself": lambda _: NO_DIFFERENCE},
         ))  # fmt: skip
     found.append(untested(
         "descriptor-use-vs-n", "fewer examples → the descriptor is used more (the 11/21 blocks of W_KQ relative to "

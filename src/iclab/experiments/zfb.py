@@ -46,15 +46,18 @@ import torch
 
 from iclab.evaluate import loss_statistics, paired_prompt_losses
 from iclab.experiments.claims import (
+    NO_DIFFERENCE,
     REPRODUCTION,
     THEORY,
     Claim,
     ClaimResult,
-    Criterion,
     Estimate,
     above,
     below,
     interval_below,
+    reading,
+    shrinks,
+    trend,
 )
 from iclab.experiments.grid import RunSpec, training_overrides
 from iclab.experiments.recipe import Context, Recipe, register_recipe
@@ -311,26 +314,6 @@ def measure(context: Context, seed: int, runs: dict[str, Path]) -> Measured:
     return Measured(results, entries, curves, depth, layers)
 
 
-def _value(read, text: str = "{:.3%}"):
-    """A measure from ``read(data) -> float`` shown by ``text``."""
-
-    def measure_it(data: Measured) -> Estimate:
-        value = float(read(data))
-        return Estimate(value, text=text.format(value))
-
-    return measure_it
-
-
-def _sequence(read, text: str = "{:.3g}"):
-    """A measure of a sequence ``read(data) -> values``: its last over its first value, the sequence shown."""
-
-    def measure_it(data: Measured) -> Estimate:
-        values = tuple(float(v) for v in read(data))
-        return Estimate(values[-1] / values[0], values=values, text=" → ".join(text.format(v) for v in values))
-
-    return measure_it
-
-
 def _interval(table: str, layers: int, column: str):
     """A paired difference with its 95 % interval, from depth.csv's ``column`` (and _low, _high)."""
 
@@ -340,12 +323,6 @@ def _interval(table: str, layers: int, column: str):
         return Estimate(value, low, high, text=f"{value:+.3g} [{low:+.3g}, {high:+.3g}]")
 
     return measure_it
-
-
-def _shrinks(ratio: float) -> Criterion:
-    """Falls at every n of the grid and ends below ``ratio`` × its start."""
-    return Criterion(f"decreasing at every n, and the largest n's below {ratio:g} × the smallest's",
-                     lambda e: bool((np.diff(e.values) < 0).all()) and e.value < ratio)  # fmt: skip
 
 
 def claims(size: Size) -> list[Claim]:
@@ -361,50 +338,50 @@ def claims(size: Size) -> list[Claim]:
             where = f"one layer, {LABELS[basis]}, n = {n}"
 
             def control(index: int, c: str, name: str = name, text: str = "{:.3%}"):
-                return _value(lambda m: m.results.loc[name, "controls"][c][index], text)
+                return reading(lambda m: m.results.loc[name, "controls"][c][index], text)
 
             found.append(Claim(
                 f"{name}/gamma", f"{where}: the trained Γ is ZFB's Γ*",
                 "trained by gradient flow from the balanced init, Γ → ((1 + 1/n)Λ + tr(Λ)/n · I)⁻¹", ZFB,
-                REPRODUCTION, _value(lambda m, name=name: m.results.loc[name, "gamma_distance"]),
+                REPRODUCTION, reading(lambda m, name=name: m.results.loc[name, "gamma_distance"], "{:.3%}"),
                 below(tolerance, f"‖Γ − Γ*‖/‖Γ*‖ < {tolerance:.3%} (half the distance to the nearest control)"),
                 {c: control(0, c) for c in controls},
             ))  # fmt: skip
             found.append(Claim(
                 f"{name}/loss", f"{where}: training reaches the global minimum L*(n)",
                 "the trained LSA attains the minimum of the population loss", ZFB, REPRODUCTION,
-                _value(lambda m, name=name: m.results.loc[name, "gap_percent"] / 100, "{:+.4%}"),
+                reading(lambda m, name=name: m.results.loc[name, "gap_percent"] / 100, "{:+.4%}"),
                 below(excess, f"exact loss above L* < {excess:.4%} of L* (half the nearest control's excess)"),
                 {c: control(1, c, text="{:+.4%}") for c in controls},
             ))  # fmt: skip
     found.append(Claim(
         "theory/closed-form", "ZFB's closed form ((1 + 1/n)Λ + tr(Λ)/n · I)⁻¹ is the optimum Σ_w Λ M⁻¹ of the exact "
         "loss (every n, both bases)", "Γ* = ((1 + 1/n)Λ + tr(Λ)/n · I)⁻¹ (ZFB; Ahn et al.'s one-layer theorem)", ZFB,
-        THEORY, _value(lambda m: m.results["closed_form_difference"].max(), "{:.1e}"),
+        THEORY, reading(lambda m: m.results["closed_form_difference"].max(), "{:.1e}"),
         below(size.closed_form_tolerance, f"largest relative difference < {size.closed_form_tolerance:g} (float64)"),
         {"((1 + 1/n)Λ)⁻¹ (without the tr(Λ)/n term)":
-         _value(lambda m: m.results["closed_form_without_trace"].min(), "{:.1e}")},
+         reading(lambda m: m.results["closed_form_without_trace"].min(), "{:.1e}")},
     ))  # fmt: skip
     for basis in BASES:
 
         def along_n(column: str, basis: str = basis):
-            return _sequence(lambda m: m.results[m.results.basis == basis].sort_values("n")[column])
+            return trend(lambda m: m.results[m.results.basis == basis].sort_values("n")[column])
 
         found.append(Claim(
             f"{basis}/optimum-to-inverse", f"{LABELS[basis]}: Γ* → Λ⁻¹ as n grows (theory)",
             "Γ* → Λ⁻¹ as n → ∞: the preconditioner of Newton's method / whitened GD", ZFB, THEORY,
-            along_n("optimum_to_inverse"), _shrinks(0.25),
+            along_n("optimum_to_inverse"), shrinks(0.25),
             {"the best plain GD step ηI": along_n("plain_to_inverse")},
         ))  # fmt: skip
         found.append(Claim(
             f"{basis}/trained-to-inverse", f"{LABELS[basis]}: the trained Γ tends to Λ⁻¹ as n grows",
             "the trained preconditioner tends to Λ⁻¹ with n", ZFB, REPRODUCTION,
-            along_n("trained_to_inverse"), _shrinks(0.25),
+            along_n("trained_to_inverse"), shrinks(0.25),
             {"the best plain GD step ηI": along_n("plain_to_inverse")},
         ))  # fmt: skip
 
         def flows(column: str, basis: str = basis):
-            return _value(lambda m: m.results[m.results.basis == basis][column].max(), "{:.2g}")
+            return reading(lambda m: m.results[m.results.basis == basis][column].max(), "{:.2g}")
 
         found.append(Claim(
             f"{basis}/flow", f"{LABELS[basis]}: gradient flow from the balanced init reaches the global minimum "
@@ -419,9 +396,9 @@ def claims(size: Size) -> list[Claim]:
     found.append(Claim(
         "ahn/one-layer", f"w ~ N(0, Λ⁻¹), rotated Λ, n = {n}: the trained one-layer Γ is n/(n + d + 1) · Λ⁻¹",
         "the optimal one-layer LSA is one step of GD preconditioned by Λ⁻¹", AHN_ONE, REPRODUCTION,
-        _value(lambda m: m.depth.loc[1, "gamma_distance"]),
+        reading(lambda m: m.depth.loc[1, "gamma_distance"], "{:.3%}"),
         below(tolerance, f"‖Γ − Γ*‖/‖Γ*‖ < {tolerance:.3%} (half the distance to the nearest control)"),
-        {c: _value(lambda m, c=c: m.depth.loc[1, "controls"][c][0]) for c in controls},
+        {c: reading(lambda m, c=c: m.depth.loc[1, "controls"][c][0], "{:.3%}") for c in controls},
     ))  # fmt: skip
     floor = alignment_floor(size)
     aligned = above(floor, f"cos(Γ_ℓ, Λ⁻¹) > {floor:.4f} (midway between 1 and plain GD's cos(I, Λ⁻¹))")
@@ -436,7 +413,7 @@ def claims(size: Size) -> list[Claim]:
             found.append(Claim(
                 f"ahn/L{layers}-layer{layer}", f"{layers} layers, layer {layer}: its preconditioner is aligned with "
                 "Λ⁻¹", "at a critical point every layer's key-query block is A_ℓ = a_ℓ Λ⁻¹ (L steps of GD "
-                "preconditioned by Λ⁻¹)", AHN_DEEP, REPRODUCTION, _value(cosine, "{:.4f}"), aligned,
+                "preconditioned by Λ⁻¹)", AHN_DEEP, REPRODUCTION, reading(cosine, "{:.4f}"), aligned,
                 {"plain GD (Γ_ℓ ∝ I)": lambda _: Estimate(plain, text=f"{plain:.4f}")},
             ))  # fmt: skip
         found.append(Claim(
@@ -444,7 +421,7 @@ def claims(size: Size) -> list[Claim]:
             "L layers run L preconditioned GD steps: deeper is better", AHN_DEEP, REPRODUCTION,
             _interval("depth", layers, "minus_optimum"),
             interval_below(0, "paired loss difference to the one-layer optimum: 95 % interval below 0"),
-            {"the one-layer optimum itself": lambda _: Estimate(0.0, 0.0, 0.0, text="+0 [+0, +0]")},
+            {"the one-layer optimum itself": lambda _: NO_DIFFERENCE},
         ))  # fmt: skip
         if layers > 2:
             found.append(Claim(
@@ -452,7 +429,7 @@ def claims(size: Size) -> list[Claim]:
                 "more layers, more steps, lower loss", AHN_DEEP, REPRODUCTION,
                 _interval("depth", layers, "minus_shallower"),
                 interval_below(0, f"paired loss difference to the {layers - 1}-layer model: 95 % interval below 0"),
-                {f"the {layers - 1}-layer model itself": lambda _: Estimate(0.0, 0.0, 0.0, text="+0 [+0, +0]")},
+                {f"the {layers - 1}-layer model itself": lambda _: NO_DIFFERENCE},
             ))  # fmt: skip
     return found
 
