@@ -34,7 +34,7 @@ EXPECTED = {
     "theory/flow-n∞-without": "reproduced",
     "depth/d3_L2_with": "reproduced",
     "depth/d3_L2_without": "reproduced",
-    "narrows/d3": "not reproduced",  # +0.02 to +0.05, its interval spanning 0 at every seed
+    "narrows/d3": "not reproduced",  # −0.08 to +0.01 over seeds 0-2 and 7-9, every interval across 0
     "gap/widens-with-d": "not tested",
     "onehot/K4": "reproduced",
     "descriptor-use-vs-n": "not tested",
