@@ -101,10 +101,11 @@ def trend(read: Callable[[Any], Sequence[float]], text: str = "{:.3g}") -> Measu
     return measure
 
 
-def shrinks(ratio: float) -> Criterion:
-    """Yes for a :func:`trend` that falls at every step and ends below ``ratio`` × its start."""
-    return Criterion(f"decreasing at every step, and the last below {ratio:g} × the first",
-                     lambda e: bool((np.diff(e.values) < 0).all()) and e.value < ratio)  # fmt: skip
+def shrinks(ratio: float, why: str = "") -> Criterion:
+    """Yes for a :func:`trend` that falls at every step and ends below ``ratio`` × its start (``why``: where the
+    ratio comes from, for the report)."""
+    text = f"decreasing at every step, and the last below {ratio:.3g} × the first" + (f" ({why})" if why else "")
+    return Criterion(text, lambda e: bool((np.diff(e.values) < 0).all()) and e.value < ratio)
 
 
 def mean_interval(values: torch.Tensor | np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
